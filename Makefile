@@ -33,7 +33,7 @@ lint: install
 
 test: install
 	bash scripts/ensure-postgres.sh
-	bash scripts/ensure-chromium.sh
+	bash scripts/ensure-test-tools.sh
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 

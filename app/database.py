@@ -27,16 +27,25 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
-def upgrade(url: str, revision: str = "head") -> None:
-    """Bring the database at `url` to `revision` (creating the SQLite file if needed)."""
+def _migrate(url: str, revision: str, direction: str) -> None:
     engine = make_engine(url)
     try:
         with engine.begin() as conn:
             cfg = alembic_config(url)
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, revision)
+            getattr(command, direction)(cfg, revision)
     finally:
         engine.dispose()
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Bring the database at `url` up to `revision` (creating the SQLite file if needed)."""
+    _migrate(url, revision, "upgrade")
+
+
+def downgrade(url: str, revision: str) -> None:
+    """Take the database at `url` back to `revision` (`base` drops every table)."""
+    _migrate(url, revision, "downgrade")
 
 
 def current_revision(engine: Engine) -> str | None:
