@@ -35,7 +35,7 @@ def config() -> None:
     """Print the effective configuration and where each value can be changed."""
     settings = get_settings()
     table = Table("setting", "value", "environment variable", title="Rillet configuration")
-    for name, field in Settings.model_fields.items():
+    for name in Settings.model_fields:
         table.add_row(name, str(getattr(settings, name)), f"RILLET_{name.upper()}")
     table.add_row("(database in force)", settings.db_url, "")
     console.print(table)

@@ -25,7 +25,7 @@ class Base(DeclarativeBase):
     """Base of every Rillet table; one metadata so Alembic sees the whole schema."""
 
     metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {datetime: DateTime(timezone=True)}
+    type_annotation_map = {datetime: DateTime(timezone=True)}  # noqa: RUF012 (SQLAlchemy reads it as is)
 
 
 def utcnow() -> datetime:
