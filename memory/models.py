@@ -5,20 +5,27 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from memory.db import Base, utcnow
 
 
 class ChatSession(Base):
-    """One conversation. `version` is bumped by every append so concurrent writers cannot lose a turn."""
+    """One conversation. `version` is bumped by every change of the transcript so that a writer holding
+    a stale state cannot append over a turn it never saw.
+
+    A branch is a session of its own that starts with the first `branch_point` messages of `parent_id`.
+    """
 
     __tablename__ = "sessions"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     title: Mapped[str] = mapped_column(String(200), default="New chat")
     collection: Mapped[str | None] = mapped_column(String(200))
+    system_prompt: Mapped[str | None] = mapped_column(Text)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("sessions.id", ondelete="SET NULL"), index=True)
+    branch_point: Mapped[int | None] = mapped_column(Integer)
     model_fingerprint: Mapped[str | None] = mapped_column(String(64))
     token_count: Mapped[int] = mapped_column(Integer, default=0)
     version: Mapped[int] = mapped_column(Integer, default=0)
@@ -49,13 +56,13 @@ class Message(Base):
 
 
 class StateSnapshot(Base):
-    """The model's state after message `ordinal`: a cache that the transcript can always rebuild."""
+    """The model's state after message `ordinal`: a cache that the transcript can always rebuild.
+
+    Keyed by model too: a state is only meaningful to the model (fingerprint) that made it.
+    """
 
     __tablename__ = "state_snapshots"
-    __table_args__ = (
-        UniqueConstraint("session_id", "ordinal"),
-        Index("ix_state_snapshots_session_ordinal", "session_id", "ordinal"),
-    )
+    __table_args__ = (UniqueConstraint("session_id", "model_fingerprint", "ordinal"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
@@ -64,7 +71,8 @@ class StateSnapshot(Base):
     format_version: Mapped[int] = mapped_column(Integer)
     codec: Mapped[str] = mapped_column(String(32))
     dtype: Mapped[str] = mapped_column(String(16))
-    byte_size: Mapped[int] = mapped_column(Integer)
+    token_count: Mapped[int] = mapped_column(Integer)
+    byte_size: Mapped[int] = mapped_column(BigInteger)
     checksum: Mapped[str] = mapped_column(String(64))
     manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
     blob: Mapped[bytes] = mapped_column(LargeBinary)

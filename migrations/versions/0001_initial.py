@@ -34,14 +34,19 @@ def upgrade() -> None:
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('title', sa.String(length=200), nullable=False),
     sa.Column('collection', sa.String(length=200), nullable=True),
+    sa.Column('system_prompt', sa.Text(), nullable=True),
+    sa.Column('parent_id', sa.Integer(), nullable=True),
+    sa.Column('branch_point', sa.Integer(), nullable=True),
     sa.Column('model_fingerprint', sa.String(length=64), nullable=True),
     sa.Column('token_count', sa.Integer(), nullable=False),
     sa.Column('version', sa.Integer(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['parent_id'], ['sessions.id'], name=op.f('fk_sessions_parent_id_sessions'), ondelete='SET NULL'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_sessions'))
     )
     with op.batch_alter_table('sessions', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_sessions_parent_id'), ['parent_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_sessions_updated_at'), ['updated_at'], unique=False)
 
     op.create_table('files',
@@ -85,17 +90,16 @@ def upgrade() -> None:
     sa.Column('format_version', sa.Integer(), nullable=False),
     sa.Column('codec', sa.String(length=32), nullable=False),
     sa.Column('dtype', sa.String(length=16), nullable=False),
-    sa.Column('byte_size', sa.Integer(), nullable=False),
+    sa.Column('token_count', sa.Integer(), nullable=False),
+    sa.Column('byte_size', sa.BigInteger(), nullable=False),
     sa.Column('checksum', sa.String(length=64), nullable=False),
     sa.Column('manifest', sa.JSON(), nullable=False),
     sa.Column('blob', sa.LargeBinary(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['session_id'], ['sessions.id'], name=op.f('fk_state_snapshots_session_id_sessions'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_state_snapshots')),
-    sa.UniqueConstraint('session_id', 'ordinal', name=op.f('uq_state_snapshots_session_id_ordinal'))
+    sa.UniqueConstraint('session_id', 'model_fingerprint', 'ordinal', name=op.f('uq_state_snapshots_session_id_model_fingerprint_ordinal'))
     )
-    with op.batch_alter_table('state_snapshots', schema=None) as batch_op:
-        batch_op.create_index('ix_state_snapshots_session_ordinal', ['session_id', 'ordinal'], unique=False)
 
     op.create_table('chunks',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -126,9 +130,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_chunks_file_id'))
 
     op.drop_table('chunks')
-    with op.batch_alter_table('state_snapshots', schema=None) as batch_op:
-        batch_op.drop_index('ix_state_snapshots_session_ordinal')
-
     op.drop_table('state_snapshots')
     with op.batch_alter_table('messages', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_messages_session_id'))
@@ -140,6 +141,7 @@ def downgrade() -> None:
     op.drop_table('files')
     with op.batch_alter_table('sessions', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_sessions_updated_at'))
+        batch_op.drop_index(batch_op.f('ix_sessions_parent_id'))
 
     op.drop_table('sessions')
     op.drop_table('collections')
