@@ -1,0 +1,59 @@
+"""Exact-resume checkpoints for the converter: trainable tensors, optimizer state and progress.
+
+Written to a temporary folder and renamed into place, so a run killed mid-write leaves the previous
+checkpoint intact. Tensors are safetensors; the optimizer state goes through `torch.save` and is loaded
+with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+@dataclass
+class Progress:
+    """Where a stage stands; `step` is also the data position (batches are a function of the step)."""
+
+    stage: str
+    step: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    seed: int = 0
+    config: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def save_checkpoint(folder: Path, params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | None,
+                    progress: Progress) -> None:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file({k: v.detach().contiguous().cpu() for k, v in params.items()}, tmp / "params.safetensors")
+    if optimizer is not None:
+        torch.save({"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}, tmp / "optimizer.pt")
+    (tmp / "progress.json").write_text(json.dumps(asdict(progress), indent=1))
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None, Progress]:
+    """Read a checkpoint; falls back to the `.old` copy if a crash hit between the two renames."""
+    if not (folder / "progress.json").exists() and (folder.with_name(folder.name + ".old") / "progress.json").exists():
+        folder = folder.with_name(folder.name + ".old")
+    params = load_file(folder / "params.safetensors")
+    opt_path = folder / "optimizer.pt"
+    opt = torch.load(opt_path, weights_only=True) if opt_path.exists() else None
+    progress = Progress(**json.loads((folder / "progress.json").read_text()))
+    return params, opt, progress
