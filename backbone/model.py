@@ -1,0 +1,200 @@
+"""A small Llama-architecture transformer (RMSNorm, rotary embeddings, grouped-query attention, SwiGLU).
+
+Written so that attention can be swapped layer by layer: `model.layers[i].attention` is any module with
+`forward(x, rope, cache, capture) -> Tensor`, and the model's state is a list of per-layer entries
+(`state.layers[i]`) that the model hands, unopened, to the attention of layer i. Rotary embeddings are
+applied inside attention, so a replacement sees the same post-RoPE queries and keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from backbone.config import ModelConfig
+
+
+class LayeredState(Protocol):
+    """What `Transformer.forward` needs from a state: per-layer entries and a token count."""
+
+    layers: list[Any]
+
+    @property
+    def num_tokens(self) -> int: ...
+
+    def reserve(self, num_new: int) -> None:
+        """Raise, before any change, if `num_new` more tokens cannot be taken."""
+        ...
+
+    def advance(self, num_new: int) -> None:
+        """Count `num_new` tokens as consumed (called once all layers have taken them)."""
+        ...
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+class Rope:
+    """Rotary angles for a run of positions; `apply` rotates (batch, heads, T, head_dim) tensors.
+
+    Uses the half-split pairing (dimension i with i + head_dim/2) of the Hugging Face checkpoints; the
+    GGUF loader undoes llama.cpp's interleaving permutation of the q/k weights to match it.
+    """
+
+    def __init__(self, cos: torch.Tensor, sin: torch.Tensor, start: int) -> None:
+        self.cos, self.sin, self.start = cos, sin, start
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * self.cos + rotated * self.sin
+
+
+def rope_tables(head_dim: int, max_context: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of shape (max_context, head_dim), computed in float64 then rounded once."""
+    # Explicit device: the loader builds the model under torch.device("meta"), but these are real values.
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device="cpu") / head_dim)
+    angles = torch.outer(torch.arange(max_context, dtype=torch.float64, device="cpu"), inv_freq)
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos().float(), angles.sin().float()
+
+
+class SoftmaxAttention(nn.Module):
+    """Causal grouped-query softmax attention with an optional KV cache (backbone/kv_cache.py)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
+        self.q_proj = nn.Linear(config.dim, config.num_heads * config.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.dim, config.num_kv_heads * config.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.dim, config.num_kv_heads * config.head_dim, bias=False)
+        self.o_proj = nn.Linear(config.num_heads * config.head_dim, config.dim, bias=False)
+
+    def project(self, x: torch.Tensor, rope: Rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Post-RoPE queries (B, H, T, D) and keys, and values (B, H_kv, T, D)."""
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        return rope.apply(q), rope.apply(k), v
+
+    def forward(self, x: torch.Tensor, rope: Rope, cache: Any = None,
+                capture: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = self.project(x, rope)
+        if capture is not None:
+            capture.update(q=q, k=k, v=v)
+        if cache is None:
+            context = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1, enable_gqa=True)
+        else:
+            past = cache.length
+            keys, values = cache.append(k, v)
+            context = self._attend_cached(q, keys, values, past)
+        out = self.o_proj(context.transpose(1, 2).reshape(b, t, -1))
+        if capture is not None:
+            capture.update(context=context, output=out)
+        return out
+
+    def _attend_cached(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, past: int) -> torch.Tensor:
+        b, _, t, d = q.shape
+        if t == 1:
+            # Decoding: fold each key/value head's query group into the "query length" axis, so no
+            # key/value copy is needed and no mask (every cached key is in the past).
+            grouped = q.view(b, self.num_kv_heads, -1, d)
+            return F.scaled_dot_product_attention(grouped, keys, values).view(b, self.num_heads, 1, d)
+        if past == 0:
+            return F.scaled_dot_product_attention(q, keys, values, is_causal=True, enable_gqa=True)
+        mask = torch.ones(t, past + t, dtype=torch.bool, device=q.device).tril(past)
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(config.dim, config.ffn_dim, bias=False)
+        self.up_proj = nn.Linear(config.dim, config.ffn_dim, bias=False)
+        self.down_proj = nn.Linear(config.ffn_dim, config.dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.attention_norm = RMSNorm(config.dim, config.norm_eps)
+        self.attention: nn.Module = SoftmaxAttention(config)
+        self.mlp_norm = RMSNorm(config.dim, config.norm_eps)
+        self.mlp = FeedForward(config)
+
+    def forward(self, x: torch.Tensor, rope: Rope, cache: Any = None,
+                capture: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        normed = self.attention_norm(x)
+        if capture is not None:
+            capture["input"] = normed
+        x = x + self.attention(normed, rope, cache, capture)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.dim)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        cos, sin = rope_tables(config.head_dim, config.max_context, config.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def rope(self, start: int, length: int, dtype: torch.dtype) -> Rope:
+        if start + length > self.rope_cos.shape[0]:
+            raise ValueError(f"Positions up to {start + length} exceed the model's "
+                             f"{self.rope_cos.shape[0]}-token context.")
+        cos = self.rope_cos[start : start + length].to(dtype)
+        sin = self.rope_sin[start : start + length].to(dtype)
+        return Rope(cos, sin, start)
+
+    def forward(self, ids: torch.Tensor, state: LayeredState | None = None, *, last_only: bool = False,
+                capture: list[dict[str, torch.Tensor]] | None = None) -> torch.Tensor:
+        """Logits (batch, T, vocab) for token ids (batch, T).
+
+        Without a state this is a plain causal forward over the whole sequence (training, perplexity),
+        differentiable. With a state, the tokens continue it and the state advances. `last_only` keeps
+        just the final position's logits (prefill). `capture`, a list that receives one dict per layer
+        with the attention's input, post-RoPE q/k/v, per-head context and output, serves attention
+        transfer.
+        """
+        t = ids.shape[1]
+        start = 0
+        if state is not None:
+            state.reserve(t)
+            start = state.num_tokens
+        x = self.embed(ids)
+        rope = self.rope(start, t, x.dtype)
+        for i, layer in enumerate(self.layers):
+            layer_capture = None
+            if capture is not None:
+                layer_capture = {}
+                capture.append(layer_capture)
+            x = layer(x, rope, None if state is None else state.layers[i], layer_capture)
+        if state is not None:
+            state.advance(t)
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(self.norm(x))
