@@ -1,17 +1,34 @@
-"""The SQL catalog of indexed collections: what was crawled, what failed and why, and every chunk."""
+"""The SQL catalog of indexed collections: what was crawled, what failed and why, and every chunk.
+
+The catalog is the source of truth; the FAISS and BM25 files beside it are caches that can always be
+rebuilt from it (chunk texts here, their vectors in `embeddings`), which is what makes a crash harmless.
+A chunk's primary key is also its vector id in FAISS.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from memory.db import Base, utcnow
 
 
 class Collection(Base):
+    """A named set of folders (`roots`) with an index of its own; no roots: documents added by API."""
+
     __tablename__ = "collections"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -28,11 +45,14 @@ class Collection(Base):
 
 
 class File(Base):
+    """One crawled file (or one API document, whose id is the path). `status`: indexed, skipped, failed."""
+
     __tablename__ = "files"
-    __table_args__ = (UniqueConstraint("collection_id", "path"),)
+    __table_args__ = (UniqueConstraint("collection_id", "root", "path"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), index=True)
+    root: Mapped[int] = mapped_column(Integer, default=0)
     path: Mapped[str] = mapped_column(String(1024))
     size: Mapped[int] = mapped_column(BigInteger)
     mtime: Mapped[float] = mapped_column(Float)
@@ -49,6 +69,8 @@ class File(Base):
 
 
 class Chunk(Base):
+    """A passage with its 1-based line span (and page or notebook cell); `id` is its FAISS vector id."""
+
     __tablename__ = "chunks"
     __table_args__ = (UniqueConstraint("file_id", "ordinal"),)
 
@@ -64,3 +86,14 @@ class Chunk(Base):
     meta: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     file: Mapped[File] = relationship(back_populates="chunks")
+
+
+class Embedding(Base):
+    """Vectors by (model, hash of the embedded text): unchanged chunks are never embedded twice."""
+
+    __tablename__ = "embeddings"
+
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    text_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -52,6 +52,7 @@ def upgrade() -> None:
     op.create_table('files',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('collection_id', sa.Integer(), nullable=False),
+    sa.Column('root', sa.Integer(), nullable=False),
     sa.Column('path', sa.String(length=1024), nullable=False),
     sa.Column('size', sa.BigInteger(), nullable=False),
     sa.Column('mtime', sa.Float(), nullable=False),
@@ -62,7 +63,7 @@ def upgrade() -> None:
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['collection_id'], ['collections.id'], name=op.f('fk_files_collection_id_collections'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_files')),
-    sa.UniqueConstraint('collection_id', 'path', name=op.f('uq_files_collection_id_path'))
+    sa.UniqueConstraint('collection_id', 'root', 'path', name=op.f('uq_files_collection_id_root_path'))
     )
     with op.batch_alter_table('files', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_files_collection_id'), ['collection_id'], unique=False)
@@ -101,6 +102,13 @@ def upgrade() -> None:
     sa.UniqueConstraint('session_id', 'model_fingerprint', 'ordinal', name=op.f('uq_state_snapshots_session_id_model_fingerprint_ordinal'))
     )
 
+    op.create_table('embeddings',
+    sa.Column('model', sa.String(length=200), nullable=False),
+    sa.Column('text_hash', sa.String(length=64), nullable=False),
+    sa.Column('vector', sa.LargeBinary(), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('model', 'text_hash', name=op.f('pk_embeddings'))
+    )
     op.create_table('chunks',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('file_id', sa.Integer(), nullable=False),
@@ -130,6 +138,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_chunks_file_id'))
 
     op.drop_table('chunks')
+    op.drop_table('embeddings')
     op.drop_table('state_snapshots')
     with op.batch_alter_table('messages', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_messages_session_id'))
