@@ -1,0 +1,142 @@
+"""Feature maps φ for linear attention: φ(q)·φ(k) stands in for exp(q·k/√d).
+
+Every map takes (batch, heads, time, head_dim) and returns (batch, heads, time, feature_dim), so the
+attention code never needs to know which one it holds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class FeatureMap(nn.Module):
+    """Base class: subclasses set `feature_dim` and implement `forward`."""
+
+    feature_dim: int
+
+    def __init__(self, head_dim: int) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 4 or x.shape[-1] != self.head_dim:
+            raise ValueError(
+                f"{type(self).__name__} expects (batch, heads, time, {self.head_dim}); got {tuple(x.shape)}"
+            )
+
+
+class IdentityFeatureMap(FeatureMap):
+    """φ(x) = x: plain (unnormalised-kernel) linear attention, used by tests."""
+
+    def __init__(self, head_dim: int) -> None:
+        super().__init__(head_dim)
+        self.feature_dim = head_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return x
+
+
+class EluPlusOne(FeatureMap):
+    """φ(x) = elu(x) + 1 (Katharopoulos et al., the Linear Transformer): positive, cheap, untrained."""
+
+    def __init__(self, head_dim: int) -> None:
+        super().__init__(head_dim)
+        self.feature_dim = head_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return F.elu(x) + 1.0
+
+
+def orthogonal_gaussian(num_features: int, dim: int, generator: torch.Generator) -> torch.Tensor:
+    """Rows drawn as blocks of orthogonal directions with Gaussian-like (chi) lengths (Performer, FAVOR+)."""
+    blocks = []
+    for _ in range(math.ceil(num_features / dim)):
+        gaussian = torch.randn(dim, dim, generator=generator, dtype=torch.float64)
+        q, _ = torch.linalg.qr(gaussian)
+        blocks.append(q.T)
+    directions = torch.cat(blocks)[:num_features]
+    lengths = torch.randn(num_features, dim, generator=generator, dtype=torch.float64).norm(dim=1)
+    return directions * lengths[:, None]
+
+
+class FavorPlus(FeatureMap):
+    """Positive orthogonal random features (Performer): E[φ(q)·φ(k)] = exp(q·k/√d).
+
+    φ(x) = exp(w·x' − |x'|²/2)/√m with x' = x/d^¼. The projection is drawn from `seed`, so the same seed
+    always gives the same map; `redraw()` draws a fresh one (Performer redraws during training).
+    """
+
+    def __init__(self, head_dim: int, num_features: int = 128, seed: int = 0) -> None:
+        super().__init__(head_dim)
+        if num_features < 1:
+            raise ValueError(f"num_features must be positive, got {num_features}")
+        self.feature_dim = num_features
+        self.seed = seed
+        self.register_buffer("projection", torch.empty(num_features, head_dim), persistent=True)
+        self.redraw(seed)
+
+    def redraw(self, seed: int | None = None) -> None:
+        """Replace the projection; `seed=None` continues from the previous draw (seed + 1)."""
+        self.seed = self.seed + 1 if seed is None else seed
+        generator = torch.Generator().manual_seed(self.seed)
+        projection = orthogonal_gaussian(self.feature_dim, self.head_dim, generator)
+        self.projection.copy_(projection.to(self.projection.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        x = x * self.head_dim**-0.25
+        logits = x @ self.projection.to(x.dtype).T - 0.5 * (x * x).sum(-1, keepdim=True)
+        return torch.exp(logits) * self.feature_dim**-0.5
+
+
+class Hedgehog(FeatureMap):
+    """Learnable per-head map φ(x) = [softmax(xW + b), softmax(−(xW + b))] (Zhang et al., Hedgehog).
+
+    W starts as the identity, so the map starts as a spiky, positive function of q and k that training
+    (attention transfer) bends toward the teacher's softmax weights. Output size is 2 × `half_dim`.
+    """
+
+    def __init__(self, head_dim: int, num_heads: int, half_dim: int | None = None) -> None:
+        super().__init__(head_dim)
+        half_dim = head_dim if half_dim is None else half_dim
+        self.num_heads = num_heads
+        self.feature_dim = 2 * half_dim
+        self.weight = nn.Parameter(torch.eye(head_dim, half_dim).repeat(num_heads, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(num_heads, 1, half_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        if x.shape[1] != self.num_heads:
+            raise ValueError(f"Hedgehog map has {self.num_heads} heads; input has {x.shape[1]}")
+        z = torch.matmul(x, self.weight.to(x.dtype)) + self.bias.to(x.dtype)
+        return torch.cat([torch.softmax(z, dim=-1), torch.softmax(-z, dim=-1)], dim=-1)
+
+
+FEATURE_MAPS = ("identity", "elu", "favor", "hedgehog")
+
+
+def make_feature_map(
+    name: str, head_dim: int, num_heads: int = 1, feature_dim: int | None = None, seed: int = 0
+) -> FeatureMap:
+    """Build a feature map by name: identity, elu (elu+1), favor (FAVOR+), hedgehog.
+
+    `feature_dim` is the number of random features for favor and the output size (2 × half) for
+    hedgehog; elu and identity keep head_dim.
+    """
+    if name == "identity":
+        return IdentityFeatureMap(head_dim)
+    if name == "elu":
+        return EluPlusOne(head_dim)
+    if name == "favor":
+        return FavorPlus(head_dim, num_features=feature_dim or 2 * head_dim, seed=seed)
+    if name == "hedgehog":
+        if feature_dim is not None and feature_dim % 2:
+            raise ValueError(f"hedgehog feature_dim must be even (two softmax halves), got {feature_dim}")
+        return Hedgehog(head_dim, num_heads, half_dim=None if feature_dim is None else feature_dim // 2)
+    raise ValueError(f"unknown feature map {name!r}; choose one of {', '.join(FEATURE_MAPS)}")

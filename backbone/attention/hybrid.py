@@ -1,0 +1,301 @@
+"""Hybrid attention: exact softmax over attention sinks and a sliding window, linear attention between.
+
+For the query at position t, key j falls in exactly one of two sets:
+    exact  E_t = {j ≤ t : j < sinks  or  j > t − window}       weight exp(q·k_j/√d)
+    linear L_t = {sinks ≤ j ≤ t − window}                       weight α_h φ(q)·φ(k_j)
+and o_t = Σ_j w_j v_j / Σ_j w_j over both sets: one normaliser, with a learned per-head mix α_h = exp(β_h).
+Equivalently a softmax over all j ≤ t in which linear keys score β_h + log φ(q)·φ(k_j); that is how the
+max-subtraction stays consistent: the common shift m_t = max(max_E score, β_h + log Σ_L φ(q)·φ(k_j)) is taken
+over both parts, so neither exp overflows and the linear sum is scaled by exp(β_h − m_t) like the rest.
+
+Forms (all agree; tests compare them with `naive_hybrid_attention` in float64):
+- full sequence / prefill: queries in blocks of `window`; each block attends to its own and the previous
+  block of keys plus the sinks, and the linear part is chunked linear attention over the key stream
+  shifted by `window` (key j enters the linear sum at step j + window). Nothing of size T × T is built.
+- step: one token; the key leaving the window is folded into the linear sums, the new one written to
+  the ring buffer. The state (see state.py) never grows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from backbone.attention.feature_maps import FeatureMap, make_feature_map
+from backbone.attention.linear import CHUNK_SIZE, check_qkv, chunked_core
+from backbone.attention.state import LayerState, StateSpec
+
+
+def _grouped(x: torch.Tensor, kv_heads: int) -> torch.Tensor:
+    """(B, Hq, ...) -> (B, Hkv, G, ...): query head h belongs to key/value head h // G."""
+    return x.reshape(x.shape[0], kv_heads, x.shape[1] // kv_heads, *x.shape[2:])
+
+
+def combine(
+    scores: torch.Tensor,
+    linear_numerator: torch.Tensor,
+    linear_denominator: torch.Tensor,
+    log_weight: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Shared max-shift of exact scores (…, K) and linear mass (…): returns exact weights p (…, K), the
+    linear factor exp(β − m) (…), and the normaliser Σp + exp(β − m)·Σφφ (…)."""
+    tiny = torch.finfo(linear_denominator.dtype).tiny
+    linear_log_mass = log_weight + torch.log(linear_denominator.abs().clamp_min(tiny))
+    shift = torch.maximum(scores.amax(-1), linear_log_mass).detach()
+    exact = torch.exp(scores - shift.unsqueeze(-1))
+    linear_factor = torch.exp(log_weight - shift)
+    return exact, linear_factor, exact.sum(-1) + linear_factor * linear_denominator
+
+
+def hybrid_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    feature_map_q: FeatureMap,
+    feature_map_k: FeatureMap,
+    log_weight: torch.Tensor,
+    spec: StateSpec,
+    state: LayerState | None = None,
+    chunk_size: int = CHUNK_SIZE,
+) -> torch.Tensor:
+    """Hybrid attention of q (B, Hq, T, D) over k, v (B, Hkv, T, D), all after RoPE.
+
+    Without `state` the sequence starts at position 0 (training). With `state` the tokens continue it and
+    the state is advanced in place; T == 1 takes the decoding step.
+    """
+    check_qkv(q, k, v)
+    if q.shape[-1] != spec.head_dim or k.shape[1] != spec.kv_heads:
+        raise ValueError(
+            f"inputs q {tuple(q.shape)}, k {tuple(k.shape)} do not fit this attention "
+            f"(kv_heads={spec.kv_heads}, head_dim={spec.head_dim})"
+        )
+    if log_weight.shape != (q.shape[1],):
+        raise ValueError(
+            f"log_weight must have one value per query head ({q.shape[1]},), got {tuple(log_weight.shape)}"
+        )
+    if state is not None:
+        state.check(spec, q.shape[0], q.dtype)
+        if q.shape[2] == 1:
+            return _step(q, k, v, feature_map_q, feature_map_k, log_weight, spec, state)
+    return _sequence(q, k, v, feature_map_q, feature_map_k, log_weight, spec, state, chunk_size)
+
+
+def _expand_to_state_heads(x: torch.Tensor, spec: StateSpec) -> torch.Tensor:
+    return x.repeat_interleave(spec.state_heads // spec.kv_heads, dim=1) if spec.state_heads != spec.kv_heads else x
+
+
+def _sequence(q, k, v, feature_map_q, feature_map_k, log_weight, spec, state, chunk_size):
+    batch, q_heads, length, head_dim = q.shape
+    kv_heads, sinks, window = spec.kv_heads, spec.sinks, spec.window
+    if length == 0:
+        return q.new_zeros(q.shape)
+    start = 0 if state is None else state.num_tokens
+    if state is None:
+        past_k = past_v = k.new_zeros(batch, kv_heads, window, head_dim)
+        old_sink_k = old_sink_v = k.new_zeros(batch, kv_heads, 0, head_dim)
+        initial = None
+    else:
+        tensors = state.tensors
+        past_k, past_v = (torch.roll(tensors[n], -(start % window), dims=2) for n in ("window_k", "window_v"))
+        old_sinks = min(sinks, start)
+        old_sink_k, old_sink_v = tensors["sink_k"][:, :, :old_sinks], tensors["sink_v"][:, :, :old_sinks]
+        initial = torch.cat([tensors["kv"], tensors["k_sum"].unsqueeze(-1)], dim=-1)
+    # Extended stream: the `window` tokens before `start` (zeros where there were none), then the new ones.
+    # Extended index e is position start - window + e.
+    ext_k, ext_v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+
+    # Exact part: query block b (positions start + b·W + i) sees extended blocks b and b+1 and the sinks.
+    blocks = math.ceil(length / window)
+    pad = blocks * window - length
+    q_blocks = _grouped(F.pad(q, (0, 0, 0, pad)), kv_heads).reshape(batch, kv_heads, -1, blocks, window, head_dim)
+    ext_k_blocks = F.pad(ext_k, (0, 0, 0, pad)).reshape(batch, kv_heads, blocks + 1, window, head_dim)
+    ext_v_blocks = F.pad(ext_v, (0, 0, 0, pad)).reshape(batch, kv_heads, blocks + 1, window, head_dim)
+    window_k = torch.cat([ext_k_blocks[:, :, :-1], ext_k_blocks[:, :, 1:]], dim=3)  # (B, Hkv, N, 2W, D)
+    window_v = torch.cat([ext_v_blocks[:, :, :-1], ext_v_blocks[:, :, 1:]], dim=3)
+    new_sinks = min(max(sinks - start, 0), length)
+    sink_k = torch.cat([old_sink_k, k[:, :, :new_sinks]], dim=2)  # positions 0 .. S'-1
+    sink_v = torch.cat([old_sink_v, v[:, :, :new_sinks]], dim=2)
+
+    scale = head_dim**-0.5
+    window_scores = torch.einsum("bhgnid,bhnjd->bhgnij", q_blocks, window_k) * scale
+    sink_scores = torch.einsum("bhgnid,bhsd->bhgnis", q_blocks, sink_k) * scale
+    device = q.device
+    i = torch.arange(window, device=device)[:, None]
+    j = torch.arange(2 * window, device=device)[None, :]
+    block_start = torch.arange(blocks, device=device)[:, None, None] * window
+    key_position = start - window + block_start + j  # (N, 1, 2W)
+    window_mask = (j > i) & (j <= i + window) & (key_position >= max(sinks, 0))  # (N, W, 2W)
+    query_position = start + block_start + i  # (N, W, 1)
+    sink_mask = torch.arange(sink_k.shape[2], device=device) <= query_position  # (N, W, S')
+    scores = torch.cat([window_scores, sink_scores], dim=-1)
+    scores = scores.masked_fill(~torch.cat([window_mask, sink_mask], dim=-1), float("-inf"))
+
+    # Linear part: key at position p joins the sums at step p + W, so query t reads the shifted stream.
+    shifted_position = start - window + torch.arange(length, device=device)
+    shifted_k = _expand_to_state_heads(ext_k[:, :, :length], spec)
+    shifted_v = _expand_to_state_heads(ext_v[:, :, :length], spec)
+    key_features = feature_map_k(shifted_k) * (shifted_position >= sinks)[:, None].to(q.dtype)
+    query_features = feature_map_q(q)
+    values = torch.cat([shifted_v, shifted_v.new_ones(*shifted_v.shape[:-1], 1)], dim=-1)
+    linear, final = chunked_core(query_features, key_features, values, None, initial, chunk_size)
+    linear = _grouped(F.pad(linear, (0, 0, 0, pad)), kv_heads).reshape(*q_blocks.shape[:-1], head_dim + 1)
+
+    log_w = _grouped(log_weight.to(q.dtype)[None, :, None, None], kv_heads)  # (1, Hkv, G, 1, 1)
+    exact, linear_factor, normaliser = combine(scores, linear[..., :head_dim], linear[..., head_dim], log_w)
+    exact_window, exact_sinks = exact.split([2 * window, sink_k.shape[2]], dim=-1)
+    numerator = (
+        torch.einsum("bhgnij,bhnjd->bhgnid", exact_window, window_v)
+        + torch.einsum("bhgnis,bhsd->bhgnid", exact_sinks, sink_v)
+        + linear_factor.unsqueeze(-1) * linear[..., :head_dim]
+    )
+    out = (numerator / normaliser.unsqueeze(-1)).reshape(batch, q_heads, blocks * window, head_dim)[:, :, :length]
+
+    if state is not None:
+        end = start + length
+        chronological = (ext_k[:, :, length:], ext_v[:, :, length:])  # positions end - W .. end - 1
+        state.tensors["window_k"], state.tensors["window_v"] = (
+            torch.roll(x, end % window, dims=2).contiguous() for x in chronological
+        )
+        if new_sinks:
+            for name, new in (("sink_k", k), ("sink_v", v)):
+                updated = state.tensors[name].clone()
+                updated[:, :, start : start + new_sinks] = new[:, :, :new_sinks]
+                state.tensors[name] = updated
+        state.tensors["kv"] = final[..., :head_dim].contiguous()
+        state.tensors["k_sum"] = final[..., head_dim].contiguous()
+        state.num_tokens = end
+    return out
+
+
+def _step(q, k, v, feature_map_q, feature_map_k, log_weight, spec, state):
+    """One token at position t = state.num_tokens; updates the state in place."""
+    batch, q_heads, _, head_dim = q.shape
+    kv_heads, sinks, window = spec.kv_heads, spec.sinks, spec.window
+    tensors, t = state.tensors, state.num_tokens
+    slot = t % window
+    if t - window >= sinks:  # the key leaving the window joins the linear sums
+        leaving_k = _expand_to_state_heads(tensors["window_k"][:, :, slot : slot + 1], spec)
+        leaving_v = _expand_to_state_heads(tensors["window_v"][:, :, slot], spec)
+        features = feature_map_k(leaving_k)[:, :, 0]  # (B, Hs, F)
+        tensors["kv"].add_(features.unsqueeze(-1) * leaving_v.unsqueeze(-2))
+        tensors["k_sum"].add_(features)
+    tensors["window_k"][:, :, slot] = k[:, :, 0]
+    tensors["window_v"][:, :, slot] = v[:, :, 0]
+    if t < sinks:
+        tensors["sink_k"][:, :, t] = k[:, :, 0]
+        tensors["sink_v"][:, :, t] = v[:, :, 0]
+
+    keys = torch.cat([tensors["sink_k"], tensors["window_k"]], dim=2)  # (B, Hkv, S + W, D)
+    values = torch.cat([tensors["sink_v"], tensors["window_v"]], dim=2)
+    sink_valid = torch.arange(sinks, device=q.device) <= t
+    slot_position = t - (t - torch.arange(window, device=q.device)) % window
+    window_valid = slot_position >= max(sinks, 0)
+    valid = torch.cat([sink_valid, window_valid])
+
+    grouped_q = _grouped(q[:, :, 0], kv_heads)  # (B, Hkv, G, D)
+    scores = (grouped_q @ keys.transpose(-1, -2)) * head_dim**-0.5
+    scores = scores.masked_fill(~valid, float("-inf"))
+    query_features = _grouped(feature_map_q(q)[:, :, 0], spec.state_heads)  # (B, Hs, Gs, F)
+    linear_numerator = (query_features @ tensors["kv"]).reshape(batch, kv_heads, -1, head_dim)
+    linear_denominator = (query_features @ tensors["k_sum"].unsqueeze(-1)).reshape(batch, kv_heads, -1)
+    log_w = _grouped(log_weight.to(q.dtype)[None, :], kv_heads)  # (1, Hkv, G)
+    exact, linear_factor, normaliser = combine(scores, linear_numerator, linear_denominator, log_w)
+    numerator = exact @ values + linear_factor.unsqueeze(-1) * linear_numerator
+    state.num_tokens = t + 1
+    return (numerator / normaliser.unsqueeze(-1)).reshape(batch, q_heads, 1, head_dim)
+
+
+def naive_hybrid_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    query_features: torch.Tensor,
+    key_features: torch.Tensor,
+    log_weight: torch.Tensor,
+    sinks: int,
+    window: int,
+) -> torch.Tensor:
+    """Reference: the (T × T) masked definition in float64, from position 0; returns float64.
+
+    `key_features` has kv heads or query heads; it is expanded to query heads like k and v.
+    """
+    q, k, v = q.double(), k.double(), v.double()
+    query_features, key_features = query_features.double(), key_features.double()
+    q_heads, length = q.shape[1], q.shape[2]
+    k, v = k.repeat_interleave(q_heads // k.shape[1], 1), v.repeat_interleave(q_heads // v.shape[1], 1)
+    key_features = key_features.repeat_interleave(q_heads // key_features.shape[1], 1)
+    position = torch.arange(length)
+    t, j = position[:, None], position[None, :]
+    exact_set = (j <= t) & ((j < sinks) | (j > t - window))
+    linear_set = (j <= t) & ~exact_set
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    shift = scores.masked_fill(~exact_set, float("-inf")).amax(-1, keepdim=True)
+    exact = torch.exp(scores - shift) * exact_set
+    alpha = torch.exp(log_weight.double())[None, :, None, None]
+    linear = alpha * (query_features @ key_features.transpose(-1, -2)) * linear_set * torch.exp(-shift)
+    weights = exact + linear
+    return (weights @ v) / weights.sum(-1, keepdim=True)
+
+
+class HybridAttention(nn.Module):
+    """Trainable hybrid attention of one layer: feature maps for queries and keys plus the per-head mix.
+
+    Keys are mapped per key/value head by default, so the linear sums are (Hkv, F, D) and a 30-layer
+    state of SmolLM2's shape stays near 6 MB in float32; `key_map_per_query_head` gives every query head
+    its own key map at three times the linear-state size.
+    """
+
+    def __init__(
+        self,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        *,
+        sinks: int = 4,
+        window: int = 64,
+        feature_map: str = "hedgehog",
+        feature_dim: int | None = None,
+        key_map_per_query_head: bool = False,
+        mix_init: float = 0.0,
+        chunk_size: int = CHUNK_SIZE,
+    ) -> None:
+        super().__init__()
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
+        state_heads = num_heads if key_map_per_query_head else num_kv_heads
+        self.feature_map_q = make_feature_map(feature_map, head_dim, num_heads, feature_dim)
+        self.feature_map_k = make_feature_map(feature_map, head_dim, state_heads, feature_dim)
+        self.log_weight = nn.Parameter(torch.full((num_heads,), float(mix_init)))
+        self.chunk_size = chunk_size
+        self.spec = StateSpec(
+            layer_kind="hybrid",
+            num_layers=1,
+            kv_heads=num_kv_heads,
+            state_heads=state_heads,
+            head_dim=head_dim,
+            feature_dim=self.feature_map_q.feature_dim,
+            sinks=sinks,
+            window=window,
+        )
+
+    def new_state(self, batch: int = 1, device=None, dtype=torch.float32) -> LayerState:
+        return LayerState.empty(self.spec, batch, device, dtype)
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: LayerState | None = None
+    ) -> torch.Tensor:
+        return hybrid_attention(
+            q,
+            k,
+            v,
+            feature_map_q=self.feature_map_q,
+            feature_map_k=self.feature_map_k,
+            log_weight=self.log_weight,
+            spec=self.spec,
+            state=state,
+            chunk_size=self.chunk_size,
+        )

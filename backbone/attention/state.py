@@ -1,0 +1,184 @@
+"""`RecurrentState`: the constant-size per-conversation memory of a linear-attention model.
+
+Per layer it holds the linear-attention sums (kv, k_sum) and, for hybrid attention, the sink keys/values
+(the first tokens, kept forever) and a ring buffer of the last `window` keys/values (the token at
+position p sits in slot p mod window). Its size does not depend on how many tokens it has read. It
+implements `backbone.state.ModelState`, so memory/ can persist it as named tensors plus metadata, and it
+round-trips exactly through safetensors bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Self
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+LAYER_KINDS = ("hybrid", "linear")
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """The shape of a model's state; a state only fits a model with an equal spec."""
+
+    layer_kind: str
+    num_layers: int
+    kv_heads: int  # heads of the stored keys/values (sinks and window)
+    state_heads: int  # heads of the linear sums (kv heads, or query heads when keys are mapped per query head)
+    head_dim: int
+    feature_dim: int
+    sinks: int = 0
+    window: int = 0
+
+    def __post_init__(self) -> None:
+        if self.layer_kind not in LAYER_KINDS:
+            raise ValueError(f"layer_kind must be one of {LAYER_KINDS}, got {self.layer_kind!r}")
+        if self.layer_kind == "hybrid" and self.window < 1:
+            raise ValueError("a hybrid state needs window >= 1 (the current token is always attended exactly)")
+
+    def layer_shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
+        """Shapes of one layer's tensors, by name."""
+        shapes = {
+            "kv": (batch, self.state_heads, self.feature_dim, self.head_dim),
+            "k_sum": (batch, self.state_heads, self.feature_dim),
+        }
+        if self.layer_kind == "hybrid":
+            for name, length in (("sink", self.sinks), ("window", self.window)):
+                shapes[f"{name}_k"] = shapes[f"{name}_v"] = (batch, self.kv_heads, length, self.head_dim)
+        return shapes
+
+    def to_metadata(self) -> dict[str, str]:
+        return {f"spec.{key}": str(value) for key, value in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, str]) -> StateSpec:
+        try:
+            values = {f.name: metadata[f"spec.{f.name}"] for f in dataclasses.fields(cls)}
+            return cls(**{k: v if k == "layer_kind" else int(v) for k, v in values.items()})
+        except (KeyError, ValueError) as error:
+            raise ValueError(f"state metadata does not describe a recurrent state layout: {error}") from error
+
+
+@dataclass
+class LayerState:
+    """One layer's tensors (named as in `StateSpec.layer_shapes`) and the tokens it has consumed."""
+
+    tensors: dict[str, torch.Tensor]
+    num_tokens: int = 0
+
+    @classmethod
+    def empty(cls, spec: StateSpec, batch: int = 1, device=None, dtype=torch.float32) -> LayerState:
+        shapes = spec.layer_shapes(batch)
+        return cls({name: torch.zeros(shape, device=device, dtype=dtype) for name, shape in shapes.items()})
+
+    def check(self, spec: StateSpec, batch: int, dtype: torch.dtype) -> None:
+        """Refuse a layer state whose tensors do not fit `spec` (a state from another configuration)."""
+        expected = spec.layer_shapes(batch)
+        actual = {name: tuple(t.shape) for name, t in self.tensors.items()}
+        if actual != expected:
+            raise ValueError(
+                f"state layout {actual} does not match this attention's {expected}: "
+                "the state comes from another model configuration; start a new state"
+            )
+        wrong = {name: t.dtype for name, t in self.tensors.items() if t.dtype != dtype}
+        if wrong:
+            raise ValueError(
+                f"state tensors {wrong} differ from the activations' dtype {dtype}; use state.to(dtype=...)"
+            )
+
+    def clone(self) -> LayerState:
+        return LayerState({name: t.clone() for name, t in self.tensors.items()}, self.num_tokens)
+
+
+@dataclass
+class RecurrentState:
+    """All layers' states of one conversation (implements `backbone.state.ModelState`)."""
+
+    spec: StateSpec
+    layers: list[LayerState] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if len(self.layers) != self.spec.num_layers:
+            raise ValueError(f"state has {len(self.layers)} layers, its spec says {self.spec.num_layers}")
+
+    @classmethod
+    def empty(cls, spec: StateSpec, batch: int = 1, device=None, dtype=torch.float32) -> RecurrentState:
+        return cls(spec, [LayerState.empty(spec, batch, device, dtype) for _ in range(spec.num_layers)])
+
+    @property
+    def num_tokens(self) -> int:
+        return self.layers[0].num_tokens if self.layers else 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for layer in self.layers for t in layer.tensors.values())
+
+    def clone(self) -> Self:
+        return type(self)(self.spec, [layer.clone() for layer in self.layers])
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Self:
+        layers = [
+            LayerState({n: t.to(device=device, dtype=dtype) for n, t in layer.tensors.items()}, layer.num_tokens)
+            for layer in self.layers
+        ]
+        return type(self)(self.spec, layers)
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        counts = {layer.num_tokens for layer in self.layers}
+        if len(counts) > 1:
+            raise RuntimeError(f"layers disagree on the token count {sorted(counts)}: the state is mid-update")
+        return {
+            f"layers.{i}.{name}": t.detach().to("cpu").contiguous()
+            for i, layer in enumerate(self.layers)
+            for name, t in layer.tensors.items()
+        }
+
+    def metadata(self) -> dict[str, str]:
+        return {"kind": "recurrent", "num_tokens": str(self.num_tokens), **self.spec.to_metadata()}
+
+    @classmethod
+    def from_tensors(
+        cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str], spec: StateSpec | None = None
+    ) -> RecurrentState:
+        """Rebuild a state; with `spec`, refuse one made for another configuration."""
+        if metadata.get("kind") != "recurrent":
+            raise ValueError(f"not a recurrent state (kind={metadata.get('kind')!r})")
+        stored = StateSpec.from_metadata(metadata)
+        if spec is not None and stored != spec:
+            differences = {
+                k: (v, getattr(spec, k)) for k, v in dataclasses.asdict(stored).items() if getattr(spec, k) != v
+            }
+            raise ValueError(
+                f"state was made for another configuration (stored, expected): {differences}; start a new state"
+            )
+        num_tokens = int(metadata["num_tokens"])
+        first = tensors.get("layers.0.kv")
+        if first is None:
+            raise ValueError("state tensors lack layers.0.kv")
+        batch, dtype = first.shape[0], first.dtype
+        expected_names = {f"layers.{i}.{n}" for i in range(stored.num_layers) for n in stored.layer_shapes(batch)}
+        if set(tensors) != expected_names:
+            raise ValueError(
+                f"state tensors do not match the layout: missing {sorted(expected_names - set(tensors))[:4]}, "
+                f"unexpected {sorted(set(tensors) - expected_names)[:4]}"
+            )
+        layers = []
+        for i in range(stored.num_layers):
+            layer = LayerState({n: tensors[f"layers.{i}.{n}"] for n in stored.layer_shapes(batch)}, num_tokens)
+            layer.check(stored, batch, dtype)
+            layers.append(layer)
+        return cls(stored, layers)
+
+    def to_bytes(self) -> bytes:
+        """safetensors bytes holding the tensors and the metadata; `from_bytes` restores them exactly."""
+        return save_safetensors(self.to_tensors(), metadata=self.metadata())
+
+    @classmethod
+    def from_bytes(cls, data: bytes, spec: StateSpec | None = None) -> RecurrentState:
+        header_length = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + header_length])
+        return cls.from_tensors(load_safetensors(data), header.get("__metadata__", {}), spec)

@@ -1,0 +1,156 @@
+"""Hybrid attention (sinks + window exact, linear between): every form against the float64 definition."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from backbone.attention import HybridAttention, RecurrentState, naive_hybrid_attention
+from tests.backbone.attention_helpers import relative_rms
+
+
+def make_attention(heads, kv_heads, head_dim, sinks, window, per_query=False, seed=0, mix=None):
+    """A hybrid attention with random (trained-looking) feature maps and mix weights."""
+    torch.manual_seed(seed)
+    attention = HybridAttention(heads, kv_heads, head_dim, sinks=sinks, window=window, key_map_per_query_head=per_query)
+    with torch.no_grad():
+        for feature_map in (attention.feature_map_q, attention.feature_map_k):
+            feature_map.weight.normal_(0, 0.5)
+            feature_map.bias.normal_()
+        if mix is None:
+            attention.log_weight.normal_()
+        else:
+            attention.log_weight.fill_(mix)
+    return attention
+
+
+def random_qkv(batch, heads, kv_heads, length, head_dim, scale=1.5, dtype=torch.float32):
+    q = torch.randn(batch, heads, length, head_dim, dtype=dtype) * scale
+    k = torch.randn(batch, kv_heads, length, head_dim, dtype=dtype) * scale
+    v = torch.randn(batch, kv_heads, length, head_dim, dtype=dtype)
+    return q, k, v
+
+
+def reference(attention, q, k, v):
+    """The float64 masked definition with the module's own (float64) feature maps."""
+    spec = attention.spec
+    double = HybridAttention(
+        q.shape[1],
+        k.shape[1],
+        q.shape[-1],
+        sinks=spec.sinks,
+        window=spec.window,
+        key_map_per_query_head=spec.state_heads != spec.kv_heads,
+    ).double()
+    double.load_state_dict(attention.state_dict())
+    k64 = k.double().repeat_interleave(spec.state_heads // spec.kv_heads, 1)
+    with torch.no_grad():
+        features_q, features_k = double.feature_map_q(q.double()), double.feature_map_k(k64)
+    return naive_hybrid_attention(q, k, v, features_q, features_k, double.log_weight.detach(), spec.sinks, spec.window)
+
+
+CASES = [  # (heads, kv_heads, head_dim, sinks, window, per_query)
+    (9, 3, 64, 4, 64, False),
+    (4, 4, 60, 4, 16, False),
+    (6, 2, 60, 0, 8, True),
+    (2, 1, 64, 3, 5, False),
+]
+
+
+@pytest.mark.parametrize("length", [1, 63, 64, 65, 500])
+@pytest.mark.parametrize("case", CASES)
+def test_full_sequence_matches_definition(case, length):
+    heads, kv_heads, head_dim, sinks, window, per_query = case
+    attention = make_attention(heads, kv_heads, head_dim, sinks, window, per_query, seed=length)
+    q, k, v = random_qkv(2, heads, kv_heads, length, head_dim)
+    with torch.no_grad():
+        out = attention(q, k, v)
+    assert out.shape == q.shape and out.dtype == torch.float32
+    assert relative_rms(out, reference(attention, q, k, v)) < 1e-4
+
+
+def test_float64_form_is_exact_and_linear_part_matters():
+    attention = make_attention(9, 3, 64, 4, 16, mix=2.0).double()
+    q, k, v = random_qkv(1, 9, 3, 200, 64, dtype=torch.float64)
+    with torch.no_grad():
+        out = attention(q, k, v)
+        expected = reference(attention, q, k, v)
+        features_q, features_k = attention.feature_map_q(q), attention.feature_map_k(k)
+        without_linear = naive_hybrid_attention(q, k, v, features_q, features_k, torch.full((9,), -1e9), 4, 16)
+    assert relative_rms(out, expected) < 1e-10
+    assert relative_rms(without_linear, expected) > 0.05  # the test would see a broken linear part
+
+
+@pytest.mark.parametrize("mix", [-30.0, 12.0])
+def test_extreme_scores_and_mix_stay_finite(mix):
+    """Large logits (sharp attention) or a dominant linear part must not overflow in float32."""
+    attention = make_attention(4, 2, 64, 4, 16, mix=mix)
+    q, k, v = random_qkv(1, 4, 2, 150, 64, scale=6.0)
+    with torch.no_grad():
+        out = attention(q, k, v)
+    assert torch.isfinite(out).all()
+    assert relative_rms(out, reference(attention, q, k, v)) < 1e-4
+
+
+@pytest.mark.parametrize("case", CASES[:3])
+def test_split_calls_and_steps_match_one_call(case):
+    heads, kv_heads, head_dim, sinks, window, per_query = case
+    attention = make_attention(heads, kv_heads, head_dim, sinks, window, per_query, seed=3)
+    length = 3 * window + 11
+    q, k, v = random_qkv(2, heads, kv_heads, length, head_dim)
+    with torch.no_grad():
+        whole = attention(q, k, v)
+        state = attention.new_state(batch=2)
+        pieces, start = [], 0
+        for end in (1, 2, window - 1, window + 3, 2 * window + 9, length):  # prefill, steps, prefill ...
+            pieces.append(attention(q[:, :, start:end], k[:, :, start:end], v[:, :, start:end], state))
+            start = end
+        stepped_state = attention.new_state(batch=2)
+        steps = [
+            attention(q[:, :, t : t + 1], k[:, :, t : t + 1], v[:, :, t : t + 1], stepped_state) for t in range(length)
+        ]
+    assert state.num_tokens == stepped_state.num_tokens == length
+    assert relative_rms(torch.cat(pieces, 2), whole) < 1e-5
+    assert relative_rms(torch.cat(steps, 2), whole) < 1e-5
+    for name, tensor in state.tensors.items():
+        torch.testing.assert_close(tensor, stepped_state.tensors[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_gradients_match_definition():
+    attention = make_attention(4, 2, 16, 2, 8, seed=5).double()
+    q, k, v = (x.requires_grad_() for x in random_qkv(1, 4, 2, 70, 16, dtype=torch.float64))
+    attention(q, k, v).pow(2).sum().backward()
+    fast = [x.grad.clone() for x in (q, k, v)] + [p.grad.clone() for p in attention.parameters()]
+    for x in (q, k, v, *attention.parameters()):
+        x.grad = None
+    features_q, features_k = attention.feature_map_q(q), attention.feature_map_k(k)
+    naive_hybrid_attention(q, k, v, features_q, features_k, attention.log_weight, 2, 8).pow(2).sum().backward()
+    slow = [x.grad for x in (q, k, v)] + [p.grad for p in attention.parameters()]
+    for got, expected in zip(fast, slow, strict=True):
+        assert relative_rms(got, expected) < 1e-9
+
+
+def test_state_is_constant_size_and_small_for_the_teacher_shape():
+    attention = HybridAttention(9, 3, 64)
+    state = RecurrentState.empty(dataclasses.replace(attention.spec, num_layers=30))
+    before = state.nbytes
+    layer = state.layers[0]
+    with torch.no_grad():
+        attention(*random_qkv(1, 9, 3, 300, 64), layer)
+    assert layer.num_tokens == 300 and state.nbytes == before < 10 * 2**20
+
+
+def test_bad_inputs_get_clear_errors():
+    attention = HybridAttention(4, 2, 16, sinks=2, window=8)
+    q, k, v = random_qkv(1, 4, 2, 10, 16)
+    with pytest.raises(ValueError, match="share a dtype"):
+        attention(q, k.double(), v)
+    with pytest.raises(ValueError, match="multiple of key/value heads"):
+        attention(q[:, :3], k, v)
+    with pytest.raises(ValueError, match="do not fit"):
+        attention(q, k[:, :1], v[:, :1])
+    other = HybridAttention(4, 2, 16, sinks=2, window=16)
+    with pytest.raises(ValueError, match="another model configuration"):
+        attention(q, k, v, other.new_state())
+    with pytest.raises(ValueError, match="dtype"):
+        attention(q, k, v, attention.new_state(dtype=torch.float64))
