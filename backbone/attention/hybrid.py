@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from backbone.attention.dispatch import linear_core
 from backbone.attention.feature_maps import FeatureMap, make_feature_map
-from backbone.attention.linear import CHUNK_SIZE, check_qkv, chunked_core
+from backbone.attention.linear import CHUNK_SIZE, check_qkv
 from backbone.attention.state import LayerState, StateSpec
 
 
@@ -61,11 +62,13 @@ def hybrid_attention(
     spec: StateSpec,
     state: LayerState | None = None,
     chunk_size: int = CHUNK_SIZE,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Hybrid attention of q (B, Hq, T, D) over k, v (B, Hkv, T, D), all after RoPE.
 
     Without `state` the sequence starts at position 0 (training). With `state` the tokens continue it and
-    the state is advanced in place; T == 1 takes the decoding step.
+    the state is advanced in place; T == 1 takes the decoding step. `backend` picks how the linear part
+    is computed (see dispatch.py).
     """
     check_qkv(q, k, v)
     if q.shape[-1] != spec.head_dim or k.shape[1] != spec.kv_heads:
@@ -81,14 +84,14 @@ def hybrid_attention(
         state.check(spec, q.shape[0], q.dtype)
         if q.shape[2] == 1:
             return _step(q, k, v, feature_map_q, feature_map_k, log_weight, spec, state)
-    return _sequence(q, k, v, feature_map_q, feature_map_k, log_weight, spec, state, chunk_size)
+    return _sequence(q, k, v, feature_map_q, feature_map_k, log_weight, spec, state, chunk_size, backend)
 
 
 def _expand_to_state_heads(x: torch.Tensor, spec: StateSpec) -> torch.Tensor:
     return x.repeat_interleave(spec.state_heads // spec.kv_heads, dim=1) if spec.state_heads != spec.kv_heads else x
 
 
-def _sequence(q, k, v, feature_map_q, feature_map_k, log_weight, spec, state, chunk_size):
+def _sequence(q, k, v, feature_map_q, feature_map_k, log_weight, spec, state, chunk_size, backend):
     batch, q_heads, length, head_dim = q.shape
     kv_heads, sinks, window = spec.kv_heads, spec.sinks, spec.window
     if length == 0:
@@ -141,7 +144,7 @@ def _sequence(q, k, v, feature_map_q, feature_map_k, log_weight, spec, state, ch
     key_features = feature_map_k(shifted_k) * (shifted_position >= sinks)[:, None].to(q.dtype)
     query_features = feature_map_q(q)
     values = torch.cat([shifted_v, shifted_v.new_ones(*shifted_v.shape[:-1], 1)], dim=-1)
-    linear, final = chunked_core(query_features, key_features, values, None, initial, chunk_size)
+    linear, final = linear_core(query_features, key_features, values, None, initial, chunk_size, backend)
     linear = _grouped(F.pad(linear, (0, 0, 0, pad)), kv_heads).reshape(*q_blocks.shape[:-1], head_dim + 1)
 
     log_w = _grouped(log_weight.to(q.dtype)[None, :, None, None], kv_heads)  # (1, Hkv, G, 1, 1)
@@ -262,6 +265,7 @@ class HybridAttention(nn.Module):
         key_map_per_query_head: bool = False,
         mix_init: float = 0.0,
         chunk_size: int = CHUNK_SIZE,
+        backend: str = "auto",
     ) -> None:
         super().__init__()
         if num_heads % num_kv_heads:
@@ -271,6 +275,7 @@ class HybridAttention(nn.Module):
         self.feature_map_k = make_feature_map(feature_map, head_dim, state_heads, feature_dim)
         self.log_weight = nn.Parameter(torch.full((num_heads,), float(mix_init)))
         self.chunk_size = chunk_size
+        self.backend = backend
         self.spec = StateSpec(
             layer_kind="hybrid",
             num_layers=1,
@@ -298,4 +303,5 @@ class HybridAttention(nn.Module):
             spec=self.spec,
             state=state,
             chunk_size=self.chunk_size,
+            backend=self.backend,
         )

@@ -1,0 +1,1 @@
+"""Triton kernels (CUDA; Triton's interpreter on CPU for tests)."""
