@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -42,7 +41,10 @@ class IdentityFeatureMap(FeatureMap):
 
 
 class EluPlusOne(FeatureMap):
-    """φ(x) = elu(x) + 1 (Katharopoulos et al., the Linear Transformer): positive, cheap, untrained."""
+    """φ(x) = elu(x) + 1 (Katharopoulos et al., the Linear Transformer): positive, cheap, untrained.
+
+    Computed as exp(x) for x ≤ 0 rather than (exp(x) − 1) + 1, which rounds to 0 in float32 below −17.
+    """
 
     def __init__(self, head_dim: int) -> None:
         super().__init__(head_dim)
@@ -50,7 +52,7 @@ class EluPlusOne(FeatureMap):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        return F.elu(x) + 1.0
+        return torch.where(x > 0, x + 1.0, torch.exp(x.clamp(max=0.0)))
 
 
 def orthogonal_gaussian(num_features: int, dim: int, generator: torch.Generator) -> torch.Tensor:
