@@ -1,0 +1,28 @@
+"""From a file's bytes to a `Document`: pick the reader by format, then the outline by language."""
+
+from __future__ import annotations
+
+from retrieval import documents
+from retrieval.code_outline import outline as code_outline
+from retrieval.document import Document, split_lines
+from retrieval.prose_outline import markdown_outline, rst_outline
+from retrieval.read import check_not_minified, decode
+
+READERS = {"pdf": documents.pdf, "docx": documents.docx, "html": documents.html, "ipynb": documents.notebook}
+
+
+def parse(data: bytes, language: str | None) -> Document:
+    """Raises SkipFile (binary, minified) or ReadError (undecodable, damaged) with the reason."""
+    if language in READERS:
+        return READERS[language](data)
+    text, _ = decode(data)
+    language = language or "text"
+    check_not_minified(text, language)
+    lines = split_lines(text)
+    if language == "markdown":
+        outline = markdown_outline(lines)
+    elif language == "rst":
+        outline = rst_outline(lines)
+    else:
+        outline = code_outline("\n".join(lines), lines, language)
+    return Document(language, lines, outline)

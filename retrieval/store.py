@@ -1,0 +1,187 @@
+"""The FAISS and BM25 files of one collection, always brought in line with the catalog before use.
+
+The catalog commits first and the index files follow, so after a crash they may lag behind. On every
+load the set of vector ids is compared with the catalog's chunk ids: extra ids are removed, missing ones
+are added from the embedding cache (embedded afresh only if the cache lost them). Chunk rows are never
+updated in place, so equal id sets mean equal contents, for BM25 as well.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from retrieval.bm25 import BM25Index
+from retrieval.catalog import Chunk, File
+from retrieval.embedder import Embedder
+from retrieval.embedding_cache import EmbeddingCache, batched
+from retrieval.vector_index import VectorIndex
+
+log = logging.getLogger(__name__)
+
+
+class CollectionBusyError(RuntimeError):
+    pass
+
+
+def embed_text(header: str | None, text: str) -> str:
+    return f"{header}\n{text}" if header else text
+
+
+class CollectionStore:
+    def __init__(self, folder: Path, collection_id: int, sessions: sessionmaker[Session], embedder: Embedder,
+                 cache: EmbeddingCache | None) -> None:
+        self.folder, self.collection_id, self.sessions = Path(folder), collection_id, sessions
+        self.embedder, self.cache = embedder, cache
+        self.vectors_path, self.bm25_path = self.folder / "vectors.faiss", self.folder / "bm25"
+        self.lock = threading.RLock()  # held briefly, around reads and changes of the in-memory indexes
+        self.write_lock = threading.Lock()  # held for a whole indexing run
+        self._vectors: VectorIndex | None = None
+        self._vectors_stamp: tuple[int, int] | None = None
+        self._bm25: BM25Index | None = None
+        self._bm25_stamp: tuple[int, int] | None = None
+
+    # --- catalog ---------------------------------------------------------------------------------
+    def catalog_ids(self) -> np.ndarray:
+        with self.sessions() as session:
+            ids = session.scalars(select(Chunk.id).join(File).where(File.collection_id == self.collection_id))
+            return np.sort(np.fromiter(ids, dtype=np.int64))
+
+    def chunk_texts(self, ids: np.ndarray | None = None) -> list[tuple[int, str, str]]:
+        """(id, text hash, embedded text) of the given chunks, or of all of them."""
+        query = select(Chunk.id, Chunk.text_hash, Chunk.header, Chunk.text).join(File).where(
+            File.collection_id == self.collection_id)
+        with self.sessions() as session:
+            if ids is None:
+                rows = session.execute(query.order_by(Chunk.id)).all()
+            else:
+                rows = [r for batch in batched(ids.tolist()) for r in session.execute(query.where(Chunk.id.in_(batch)))]
+        return [(i, h, embed_text(header, text)) for i, h, header, text in rows]
+
+    # --- vectors ---------------------------------------------------------------------------------
+    def vectors(self) -> VectorIndex:
+        """The collection's vector index, loaded (again if another process rewrote it) and repaired."""
+        with self.lock:
+            stamp = _stamp(self.vectors_path)
+            if self._vectors is None or stamp != self._vectors_stamp:
+                index = None
+                if stamp is not None:
+                    try:
+                        index = VectorIndex.load(self.vectors_path)
+                    except RuntimeError as exc:
+                        log.warning("Vector index %s is unreadable (%s); rebuilding it.", self.vectors_path, exc)
+                if index is None or index.dim != self._dim():
+                    index = VectorIndex(self._dim())
+                self._vectors, self._vectors_stamp = index, stamp
+                if self._repair(index):
+                    self.save_vectors()
+            return self._vectors
+
+    def _dim(self) -> int:
+        dim = getattr(self.embedder, "dim", None)
+        return int(dim) if dim else int(self.embedder.embed(["dimension probe"]).shape[1])
+
+    def _repair(self, index: VectorIndex) -> bool:
+        catalog, stored = self.catalog_ids(), np.sort(index.ids())
+        if np.array_equal(catalog, stored):
+            return False
+        extra = np.setdiff1d(stored, catalog, assume_unique=True)
+        missing = np.setdiff1d(catalog, stored, assume_unique=True)
+        log.warning("Vector index of collection %d is out of step with the catalog (an interrupted run?): "
+                    "removing %d, adding %d vectors.", self.collection_id, len(extra), len(missing))
+        index.remove(extra)
+        if len(missing):
+            rows = self.chunk_texts(missing)
+            vectors = self.vectors_for([h for _, h, _ in rows], [t for _, _, t in rows])
+            index.add(np.array([i for i, _, _ in rows], dtype=np.int64), vectors)
+        return True
+
+    def vectors_for(self, hashes: list[str], texts: list[str]) -> np.ndarray:
+        """Vectors for these texts: from the cache, embedding (and caching) only what it lacks."""
+        found = self.cache.get(hashes) if self.cache is not None else {}
+        todo = {h: t for h, t in zip(hashes, texts, strict=True) if h not in found}
+        if todo:
+            fresh = dict(zip(todo, self.embedder.embed(list(todo.values())), strict=True))
+            if self.cache is not None:
+                self.cache.put(fresh)
+            found.update(fresh)
+        if not hashes:
+            return np.zeros((0, self._dim()), dtype=np.float32)
+        return np.stack([found[h] for h in hashes]).astype(np.float32)
+
+    def save_vectors(self) -> None:
+        with self.lock:
+            if self._vectors is not None:
+                self._vectors.save(self.vectors_path)
+                self._vectors_stamp = _stamp(self.vectors_path)
+
+    # --- keywords --------------------------------------------------------------------------------
+    def bm25(self) -> BM25Index:
+        with self.lock:
+            stamp = _stamp(self.bm25_path / "complete.json")
+            if self._bm25 is None or stamp != self._bm25_stamp:
+                index = None
+                if stamp is not None:
+                    try:
+                        index = BM25Index.load(self.bm25_path)
+                    except (OSError, ValueError) as exc:
+                        log.warning("Keyword index %s is unreadable (%s); rebuilding it.", self.bm25_path, exc)
+                if index is None or not np.array_equal(index.ids, self.catalog_ids()):
+                    return self.rebuild_bm25()
+                self._bm25, self._bm25_stamp = index, stamp
+            return self._bm25
+
+    def rebuild_bm25(self) -> BM25Index:
+        with self.lock:
+            rows = self.chunk_texts()
+            index = BM25Index.build([i for i, _, _ in rows], [t for _, _, t in rows])
+            index.save(self.bm25_path)
+            self._bm25, self._bm25_stamp = index, _stamp(self.bm25_path / "complete.json")
+            return index
+
+    def forget_bm25(self) -> None:
+        """The catalog changed in this process: rebuild the keyword index when it is next needed."""
+        with self.lock:
+            self._bm25, self._bm25_stamp = None, None
+
+    # --- writers ---------------------------------------------------------------------------------
+    @contextmanager
+    def writer(self) -> Iterator[None]:
+        """One writer per collection across processes (a lock file), and per store within this one."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / ".lock", "a+") as handle:
+            if not self.write_lock.acquire(blocking=False):
+                raise CollectionBusyError("This collection is being indexed already; wait for that to finish.")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                self.write_lock.release()
+                raise CollectionBusyError(
+                    "This collection is being indexed by another process; wait for it to finish.") from exc
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                self.write_lock.release()
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
