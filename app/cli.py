@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -125,6 +126,40 @@ def chat(
             console.print(f"\n[red]{exc}")
             continue
         console.print()
+
+
+@cli.command()
+def convert(
+    stage: str = typer.Option("transfer", help="transfer (stage 1), finetune (stage 2, LoRA + KL) or export."),
+    max_minutes: float = typer.Option(60.0, help="Stop (after a checkpoint) when this much time has passed."),
+    out: str = typer.Option("backbone/checkpoints/training", help="Folder of the resumable checkpoints."),
+    checkpoint_minutes: float = typer.Option(10.0, help="Minutes between checkpoints."),
+    steps: int | None = typer.Option(None, help="Total steps of the stage (default: the recipe's)."),
+) -> None:
+    """Linearize the teacher into the student; resumes where the last run stopped."""
+    from dataclasses import replace
+
+    from backbone.convert import run
+    from backbone.loader import load_model
+    from backbone.student import DEFAULT_STUDENT
+
+    settings = get_settings()
+    settings.ensure_dirs()
+    folder = Path(out)
+    teacher = load_model("teacher", gguf_path=settings.model_path, cache_dir=settings.cache_dir,
+                         device=settings.resolved_device())
+    if stage == "export":
+        digest = run.export(teacher, folder, settings.student_path or DEFAULT_STUDENT)
+        console.print(f"Wrote {settings.student_path or DEFAULT_STUDENT} (sha256 {digest[:16]}…)")
+        return
+    recipes = {"transfer": run.TRANSFER, "finetune": run.FINETUNE}
+    if stage not in recipes:
+        raise typer.BadParameter(f"unknown stage {stage!r}; choose transfer, finetune or export")
+    recipe = recipes[stage] if steps is None else replace(recipes[stage], steps=steps)
+    progress = run.run_stage(teacher, recipe, folder, settings.shared_data, settings.cache_dir,
+                             max_seconds=max_minutes * 60, checkpoint_seconds=checkpoint_minutes * 60)
+    console.print(f"{stage}: step {progress['step']}/{recipe.steps}, {progress['tokens']:,} tokens, "
+                  f"{progress['seconds']:.0f} s of training")
 
 
 def main() -> None:

@@ -18,6 +18,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
 
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
@@ -39,6 +41,8 @@ class Settings(BaseSettings):
     index_dir: Path | None = Field(None, description="FAISS indexes; default: data_dir/indexes.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the model runs.")
     allowed_roots: list[Path] = Field(default_factory=list, description="Folders the UI may index; default: home.")
+    shared_data: Path = Field(PROJECT_ROOT.parent / "shared" / "data",
+                              description="Evaluation and training texts (benchmarks and conversion only).")
 
     @classmethod
     def settings_customise_sources(
@@ -52,7 +56,7 @@ class Settings(BaseSettings):
         toml_file = Path(os.environ.get("RILLET_CONFIG", "rillet.toml"))
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
 
-    @field_validator("data_dir", "model_path", "student_path", "index_dir", mode="after")
+    @field_validator("data_dir", "model_path", "student_path", "index_dir", "shared_data", mode="after")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None

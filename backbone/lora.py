@@ -44,9 +44,11 @@ class LoRALinear(nn.Module):
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Fold B A into the frozen weight (idempotent)."""
+        """Fold B A into the frozen weight (idempotent). A new tensor, so a weight shared with another
+        model (the student shares the teacher's) is left as it was."""
         if not self.merged:
-            self.base.weight += self.delta().to(self.base.weight.dtype)
+            merged = self.base.weight + self.delta().to(self.base.weight.dtype)
+            self.base.weight = nn.Parameter(merged, requires_grad=False)
             self.merged = True
 
 

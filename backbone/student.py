@@ -1,0 +1,186 @@
+"""The student: the teacher's weights with every softmax attention replaced by hybrid linear attention.
+
+Each layer keeps the teacher's q/k/v/o projections (frozen, optionally with LoRA) and RoPE, and feeds
+the post-RoPE queries and keys to `HybridAttention` (exact softmax over 4 sinks and a 64-token window,
+Hedgehog linear attention for everything between). Its state is a constant-size `RecurrentState`, so the
+student has no context limit.
+
+The trained parameters (feature maps, mixing weights, LoRA) ship as one small safetensors file whose
+metadata records the student configuration and the teacher fingerprint it was trained on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from backbone.attention import HybridAttention, RecurrentState, StateSpec
+from backbone.generate import LanguageModel
+from backbone.loader import build_transformer
+from backbone.lora import LoRALinear, wrap_linears
+from backbone.model import Rope, SoftmaxAttention, Transformer
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+DEFAULT_STUDENT = CHECKPOINTS / "smollm2-135m-hybrid.safetensors"
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """How the teacher's attention is replaced; stored in the parameter file's metadata."""
+
+    sinks: int = 4
+    window: int = 64
+    feature_map: str = "hedgehog"
+    feature_dim: int | None = None
+    key_map_per_query_head: bool = False
+    mix_init: float = 0.0
+    lora_rank: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> StudentConfig:
+        return cls(**json.loads(text))
+
+
+class StudentAttention(nn.Module):
+    """The teacher's projections and RoPE around a `HybridAttention` core (same interface as
+    `SoftmaxAttention`, so `Block` needs no change)."""
+
+    def __init__(self, teacher: SoftmaxAttention, config: StudentConfig) -> None:
+        super().__init__()
+        self.projections = teacher
+        self.hybrid = HybridAttention(teacher.num_heads, teacher.num_kv_heads, teacher.head_dim,
+                                      sinks=config.sinks, window=config.window, feature_map=config.feature_map,
+                                      feature_dim=config.feature_dim,
+                                      key_map_per_query_head=config.key_map_per_query_head,
+                                      mix_init=config.mix_init)
+
+    def forward(self, x: torch.Tensor, rope: Rope, cache: Any = None,
+                capture: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = self.projections.project(x, rope)
+        context = self.hybrid(q, k, v, cache)
+        out = self.projections.o_proj(context.transpose(1, 2).reshape(b, t, -1))
+        if capture is not None:
+            capture.update(q=q, k=k, v=v, context=context, output=out)
+        return out
+
+
+def build_student(teacher: Transformer, config: StudentConfig) -> Transformer:
+    """A student sharing the teacher's weight tensors (no copy); only new parameters are allocated.
+
+    The teacher stays usable: its own attention modules are not touched, the student wraps them."""
+    weights = {k: v for k, v in teacher.state_dict().items() if not k.startswith("rope_")}
+    student = build_transformer(teacher.config, weights)
+    device = teacher.embed.weight.device
+    for layer in student.layers:
+        layer.attention = StudentAttention(layer.attention, config)
+    if config.lora_rank:
+        for layer in student.layers:
+            wrap_linears(layer.attention.projections, LORA_TARGETS, config.lora_rank, 2.0 * config.lora_rank)
+    student.requires_grad_(False)
+    for name, param in student.named_parameters():
+        param.requires_grad_(is_trainable(name))
+    return student.to(device)
+
+
+def is_trainable(name: str) -> bool:
+    return ".hybrid." in name or ".lora_" in name
+
+
+def trainable_parameters(student: nn.Module) -> dict[str, nn.Parameter]:
+    return {n: p for n, p in student.named_parameters() if is_trainable(n)}
+
+
+def state_spec(student: Transformer) -> StateSpec:
+    spec = student.layers[0].attention.hybrid.spec
+    return dataclasses.replace(spec, num_layers=len(student.layers))
+
+
+def save_student(path: Path, student: Transformer, config: StudentConfig, teacher_fingerprint: str,
+                 extra: dict[str, str] | None = None) -> str:
+    """Write the trained parameters; returns the file's sha256."""
+    tensors = {n: p.detach().cpu().contiguous() for n, p in trainable_parameters(student).items()}
+    metadata = {"student_config": config.to_json(), "teacher_fingerprint": teacher_fingerprint, **(extra or {})}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.replace(path)
+    return file_sha256(path)
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def read_student_file(path: Path) -> tuple[StudentConfig, dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        metadata = handle.metadata() or {}
+    if "student_config" not in metadata:
+        raise ValueError(f"{path} is not a student parameter file (no student_config in its metadata).")
+    return StudentConfig.from_json(metadata["student_config"]), load_file(str(path)), metadata
+
+
+def load_student(teacher_model: LanguageModel, student_path: Path | None = None,
+                 device: str | torch.device = "cpu", expected_sha256: str | None = None) -> LanguageModel:
+    """The teacher plus the trained student parameters, as a `LanguageModel` with `RecurrentState`s."""
+    path = Path(student_path) if student_path is not None else DEFAULT_STUDENT
+    if not path.is_file():
+        raise FileNotFoundError(f"No trained student parameters at {path}. Train them with `rillet convert`, "
+                                "or use the teacher (--model teacher).")
+    digest = file_sha256(path)
+    manifest = path.with_suffix(".json")
+    if expected_sha256 is None and manifest.is_file():
+        expected_sha256 = json.loads(manifest.read_text()).get("sha256")
+    if expected_sha256 is not None and digest != expected_sha256:
+        raise ValueError(f"{path} has sha256 {digest[:12]}…, its manifest expects {expected_sha256[:12]}…: "
+                         "the file is damaged or was replaced; restore it from the repository.")
+    config, tensors, metadata = read_student_file(path)
+    if metadata.get("teacher_fingerprint") not in (None, teacher_model.fingerprint):
+        raise ValueError("These student parameters were trained on another teacher model file; "
+                         "convert again for this one (rillet convert).")
+    student = build_student(teacher_model.model, config)
+    missing = set(trainable_parameters(student)) - set(tensors)
+    if missing:
+        raise ValueError(f"{path} lacks parameters {sorted(missing)[:3]}…")
+    student.load_state_dict(tensors, strict=False)
+    for module in student.modules():
+        if isinstance(module, LoRALinear):
+            module.merge()
+    student.eval().requires_grad_(False)
+    return wrap_student(student, teacher_model, digest, device)
+
+
+def wrap_student(student: Transformer, teacher_model: LanguageModel, params_digest: str,
+                 device: str | torch.device = "cpu") -> LanguageModel:
+    spec = state_spec(student)
+    fingerprint = hashlib.sha256(f"{teacher_model.fingerprint}|{params_digest}".encode()).hexdigest()
+    weight = next(student.parameters())
+    dtype = weight.dtype
+    student = student.to(device)
+
+    def make_state() -> RecurrentState:
+        return RecurrentState.empty(spec, 1, device, dtype)
+
+    def restore_state(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> RecurrentState:
+        return RecurrentState.from_tensors(tensors, metadata, spec).to(device, dtype)
+
+    info = {"kind": "student", "params_sha256": params_digest, "teacher": teacher_model.fingerprint}
+    return LanguageModel(student, teacher_model.tokenizer, teacher_model.config, fingerprint, None, make_state,
+                         restore_state, info=info)
