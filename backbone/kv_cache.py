@@ -52,7 +52,11 @@ class LayerKV:
         """Store new keys/values (batch, kv_heads, T, head_dim); return all of them so far (views)."""
         end = self.length + keys.shape[2]
         if end > self.max_context:
-            raise ContextOverflowError(f"{end} tokens do not fit in the {self.max_context}-token context.")
+            raise ContextOverflowError(
+                f"The conversation would reach {end} tokens, past this model's {self.max_context}-token "
+                f"context ({self.max_context - self.length} left). Start a new conversation, shorten the "
+                "input, or use the student model, whose memory has no length limit."
+            )
         if end > self.capacity:
             self._grow(end)
         self.keys[:, :, self.length : end] = keys
@@ -66,45 +70,29 @@ class KVCache:
 
     kind = "kv_cache"
 
-    def __init__(self, layers: list[LayerKV], num_tokens: int, max_context: int, fingerprint: str = "") -> None:
-        self.layers, self._num_tokens, self.max_context, self.fingerprint = layers, num_tokens, max_context, fingerprint
+    def __init__(self, layers: list[LayerKV], max_context: int, fingerprint: str = "") -> None:
+        self.layers, self.max_context, self.fingerprint = layers, max_context, fingerprint
 
     @classmethod
     def empty(cls, config: ModelConfig, batch_size: int = 1, device: torch.device | str = "cpu",
               dtype: torch.dtype = torch.float32, fingerprint: str = "") -> KVCache:
         layers = [LayerKV.empty(batch_size, config.num_kv_heads, config.head_dim, config.max_context, device, dtype)
                   for _ in range(config.num_layers)]
-        return cls(layers, 0, config.max_context, fingerprint)
+        return cls(layers, config.max_context, fingerprint)
 
     @property
     def num_tokens(self) -> int:
-        return self._num_tokens
-
-    @property
-    def room(self) -> int:
-        """Tokens that still fit."""
-        return self.max_context - self._num_tokens
+        """Tokens every layer has taken (layer 0 refuses an overflow before any layer changes)."""
+        return self.layers[0].length
 
     @property
     def nbytes(self) -> int:
         return sum(t.nbytes for layer in self.layers for t in (layer.keys, layer.values))
 
-    def reserve(self, num_new: int) -> None:
-        """Refuse, before anything changes, tokens that would overflow the context."""
-        if num_new > self.room:
-            raise ContextOverflowError(
-                f"The conversation would reach {self._num_tokens + num_new} tokens, past this model's "
-                f"{self.max_context}-token context ({self.room} left). Start a new conversation, shorten "
-                f"the input, or use the student model, whose memory has no length limit."
-            )
-
-    def advance(self, num_new: int) -> None:
-        self._num_tokens += num_new
-
     def clone(self) -> Self:
         layers = [LayerKV(layer.keys.clone(), layer.values.clone(), layer.length, layer.max_context)
                   for layer in self.layers]
-        return type(self)(layers, self._num_tokens, self.max_context, self.fingerprint)
+        return type(self)(layers, self.max_context, self.fingerprint)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Self:
         for layer in self.layers:
@@ -123,7 +111,7 @@ class KVCache:
         first = self.layers[0].keys
         return {
             "kind": self.kind,
-            "num_tokens": str(self._num_tokens),
+            "num_tokens": str(self.num_tokens),
             "num_layers": str(len(self.layers)),
             "batch_size": str(first.shape[0]),
             "num_kv_heads": str(first.shape[1]),
@@ -160,4 +148,4 @@ class KVCache:
             layers.append(layer)
         if len(tensors) != 2 * config.num_layers:
             raise ValueError(f"The state holds {len(tensors)} tensors; this model needs {2 * config.num_layers}.")
-        return cls(layers, num_tokens, config.max_context, fingerprint)
+        return cls(layers, config.max_context, fingerprint)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from backbone.config import ModelConfig
@@ -135,7 +136,7 @@ def load_teacher(gguf_path: Path | None = None, cache_dir: Path | None = None, d
     if cached:
         try:
             config, weights, tokenizer, fingerprint = _read_cache(folder)
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, SafetensorError) as exc:
             log.warning("ignoring the damaged model cache %s (%s)", folder, exc)
             shutil.rmtree(folder, ignore_errors=True)
             cached = False
@@ -144,18 +145,27 @@ def load_teacher(gguf_path: Path | None = None, cache_dir: Path | None = None, d
         if folder is not None:
             _write_cache(folder, config, weights, tokenizer, fingerprint)
     model = build_transformer(config, weights).to(device=device, dtype=dtype)
-    state_dtype = dtype
-
-    def make_state() -> KVCache:
-        return KVCache.empty(config, 1, device, state_dtype, fingerprint)
-
-    def restore_state(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> KVCache:
-        return KVCache.from_tensors(tensors, metadata, config, fingerprint, device, state_dtype)
-
     seconds = time.perf_counter() - started
     log.info("teacher loaded in %.2f s (%s)", seconds, "cached" if cached else f"converted from {gguf_path.name}")
+    return wrap_teacher(model, tokenizer, fingerprint,
+                        info={"kind": "teacher", "source": str(gguf_path), "cached": cached, "load_s": seconds})
+
+
+def wrap_teacher(model: Transformer, tokenizer: ChatTokenizer, fingerprint: str,
+                 info: dict | None = None) -> LanguageModel:
+    """A softmax-attention `Transformer` as a `LanguageModel` whose states are KV caches on its device/dtype."""
+    config = model.config
+    weight = next(model.parameters())
+    device, dtype = weight.device, weight.dtype
+
+    def make_state() -> KVCache:
+        return KVCache.empty(config, 1, device, dtype, fingerprint)
+
+    def restore_state(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> KVCache:
+        return KVCache.from_tensors(tensors, metadata, config, fingerprint, device, dtype)
+
     return LanguageModel(model, tokenizer, config, fingerprint, config.max_context, make_state, restore_state,
-                         info={"kind": "teacher", "source": str(gguf_path), "cached": cached, "load_s": seconds})
+                         info=info or {})
 
 
 def load_model(kind: Literal["teacher", "student"] = "teacher", gguf_path: Path | None = None,

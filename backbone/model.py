@@ -18,20 +18,16 @@ from backbone.config import ModelConfig
 
 
 class LayeredState(Protocol):
-    """What `Transformer.forward` needs from a state: per-layer entries and a token count."""
+    """What `Transformer.forward` needs from a state: one entry per layer and the tokens consumed so far.
+
+    Each layer's entry is opaque to the model; its attention module appends to it (and refuses, before
+    changing anything, tokens that do not fit), so `num_tokens` follows the layers.
+    """
 
     layers: list[Any]
 
     @property
     def num_tokens(self) -> int: ...
-
-    def reserve(self, num_new: int) -> None:
-        """Raise, before any change, if `num_new` more tokens cannot be taken."""
-        ...
-
-    def advance(self, num_new: int) -> None:
-        """Count `num_new` tokens as consumed (called once all layers have taken them)."""
-        ...
 
 
 class RMSNorm(nn.Module):
@@ -164,8 +160,11 @@ class Transformer(nn.Module):
 
     def rope(self, start: int, length: int, dtype: torch.dtype) -> Rope:
         if start + length > self.rope_cos.shape[0]:
-            raise ValueError(f"Positions up to {start + length} exceed the model's "
-                             f"{self.rope_cos.shape[0]}-token context.")
+            # Only a model without a context limit (the linearized student) gets here; the teacher's
+            # KV cache refuses to grow past the trained context first.
+            size = max(start + length, 2 * self.rope_cos.shape[0])
+            cos, sin = rope_tables(self.config.head_dim, size, self.config.rope_theta)
+            self.rope_cos, self.rope_sin = cos.to(self.rope_cos.device), sin.to(self.rope_sin.device)
         cos = self.rope_cos[start : start + length].to(dtype)
         sin = self.rope_sin[start : start + length].to(dtype)
         return Rope(cos, sin, start)
@@ -181,10 +180,7 @@ class Transformer(nn.Module):
         transfer.
         """
         t = ids.shape[1]
-        start = 0
-        if state is not None:
-            state.reserve(t)
-            start = state.num_tokens
+        start = 0 if state is None else state.num_tokens
         x = self.embed(ids)
         rope = self.rope(start, t, x.dtype)
         for i, layer in enumerate(self.layers):
@@ -193,8 +189,6 @@ class Transformer(nn.Module):
                 layer_capture = {}
                 capture.append(layer_capture)
             x = layer(x, rope, None if state is None else state.layers[i], layer_capture)
-        if state is not None:
-            state.advance(t)
         if last_only:
             x = x[:, -1:]
         return self.lm_head(self.norm(x))
