@@ -49,7 +49,7 @@ def distillation_loss(teacher: Transformer, student: Transformer, temperature: f
         with torch.no_grad():
             ce = F.cross_entropy(student_logits[:, :-1].flatten(0, 1), batch[:, 1:].flatten())
             teacher_ce = F.cross_entropy(teacher_logits[:, :-1].flatten(0, 1), batch[:, 1:].flatten())
-        return kl, {"kl": float(kl), "ce": float(ce), "teacher_ce": float(teacher_ce)}
+        return kl, {"kl": float(kl.detach()), "ce": float(ce), "teacher_ce": float(teacher_ce)}
 
     return loss_fn
 

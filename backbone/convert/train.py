@@ -45,8 +45,9 @@ class Schedule:
 
 def train(stage: str, params: dict[str, nn.Parameter], loss_fn: LossFn, sampler: BatchSampler,
           schedule: Schedule, folder: Path, *, max_seconds: float = math.inf, checkpoint_seconds: float = 600,
-          log_every: int = 10, config: dict | None = None) -> Progress:
-    """Train `params` on `loss_fn` until `schedule.total_steps` or `max_seconds`, checkpointing into `folder`."""
+          log_every: int = 10, config: dict | None = None, stop_step: int | None = None) -> Progress:
+    """Train `params` on `loss_fn` until `schedule.total_steps` (or `stop_step`, or `max_seconds`),
+    checkpointing into `folder`."""
     optimizer = torch.optim.AdamW(params.values(), lr=schedule.lr, weight_decay=schedule.weight_decay)
     progress = Progress(stage=stage, seed=sampler.seed, config=config or {})
     if (folder / "progress.json").exists() or folder.with_name(folder.name + ".old").exists():
@@ -64,7 +65,8 @@ def train(stage: str, params: dict[str, nn.Parameter], loss_fn: LossFn, sampler:
     last_save, window_loss, window_n = started, 0.0, 0
     bar = tqdm(total=schedule.total_steps, initial=progress.step, desc=stage, unit="step", dynamic_ncols=True)
     try:
-        while progress.step < schedule.total_steps and time.monotonic() - started < max_seconds:
+        last_step = schedule.total_steps if stop_step is None else min(stop_step, schedule.total_steps)
+        while progress.step < last_step and time.monotonic() - started < max_seconds:
             step_started = time.monotonic()
             for group in optimizer.param_groups:
                 group["lr"] = schedule.rate(progress.step)
@@ -77,10 +79,11 @@ def train(stage: str, params: dict[str, nn.Parameter], loss_fn: LossFn, sampler:
             progress.step += 1
             progress.tokens += batch.numel()
             progress.seconds += time.monotonic() - step_started
-            window_loss += float(loss)
+            window_loss += float(loss.detach())
             window_n += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.4f}", tok_s=f"{progress.tokens / max(progress.seconds, 1e-9):.0f}")
+            rate = progress.tokens / max(progress.seconds, 1e-9)
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", tok_s=f"{rate:.0f}")
             if progress.step % log_every == 0:
                 entry = {"step": progress.step, "tokens": progress.tokens, "seconds": round(progress.seconds, 1),
                          "loss": window_loss / window_n, "grad_norm": grad_norm, **parts}

@@ -1,0 +1,92 @@
+"""The converter's training loop: exact resume, learning signal, and the data rules."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from backbone.convert.checkpoint import load_checkpoint
+from backbone.convert.data import BatchSampler, Corpus
+from backbone.convert.losses import attention_transfer_loss, distillation_loss, kl_divergence
+from backbone.convert.train import Schedule, train
+from backbone.student import StudentConfig, build_student, trainable_parameters
+from tests.backbone.test_teacher import TINY, tiny_model
+
+CONFIG = StudentConfig(sinks=2, window=8)
+
+
+def encode(text: str) -> list[int]:
+    return [ord(c) % TINY.vocab_size for c in text]
+
+
+def tiny_corpus(seed: int = 0) -> Corpus:
+    rng = np.random.default_rng(seed)
+    streams = {name: rng.integers(0, TINY.vocab_size, 5000).astype(np.int32) for name in ("code", "prose", "verse")}
+    texts = {"code": ["def f(x):\n    return x + 1\n" * 20], "prose": ["The river runs on and on. " * 40]}
+    return Corpus(streams, texts)
+
+
+def run(folder: Path, steps: int, stop_after: int | None = None, lora: int = 0) -> dict[str, torch.Tensor]:
+    """Train a tiny student; `stop_after` ends the process early, as a kill or a time budget would."""
+    teacher = tiny_model(seed=21)
+    torch.manual_seed(0)
+    student = build_student(teacher, dataclasses.replace(CONFIG, lora_rank=lora))
+    params = trainable_parameters(student)
+    loss = distillation_loss(teacher, student) if lora else attention_transfer_loss(teacher, student)
+    sampler = BatchSampler(tiny_corpus(), encode, seq_len=40, batch_size=2, seed=3)
+    schedule = Schedule(lr=1e-2, total_steps=steps, warmup_steps=2)
+    progress = train("finetune" if lora else "transfer", params, loss, sampler, schedule, folder, log_every=1,
+                     stop_step=stop_after)
+    assert progress.step == (steps if stop_after is None else stop_after)
+    return {k: v.detach().clone() for k, v in params.items()}
+
+
+@pytest.mark.parametrize("lora", [0, 2])
+def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, lora: int) -> None:
+    straight = run(tmp_path / "a", steps=5, lora=lora)
+    run(tmp_path / "b", steps=5, stop_after=2, lora=lora)
+    resumed = run(tmp_path / "b", steps=5, lora=lora)
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    _, _, progress = load_checkpoint(tmp_path / "b")
+    assert progress.step == 5 and progress.tokens == 5 * 2 * 40 and len(progress.history) == 5
+
+
+def test_attention_transfer_lowers_the_loss(tmp_path: Path) -> None:
+    teacher = tiny_model(seed=22)
+    student = build_student(teacher, CONFIG)
+    params = trainable_parameters(student)
+    loss_fn = attention_transfer_loss(teacher, student)
+    batch = BatchSampler(tiny_corpus(1), encode, seq_len=48, batch_size=2, seed=0).batch(0)
+    with torch.no_grad():
+        before = float(loss_fn(batch)[0])
+    sampler = BatchSampler(tiny_corpus(1), encode, seq_len=48, batch_size=2, seed=0)
+    train("transfer", params, loss_fn, sampler, Schedule(lr=2e-2, total_steps=30, warmup_steps=2), tmp_path / "t")
+    with torch.no_grad():
+        after = float(loss_fn(batch)[0])
+    assert after < 0.8 * before
+
+
+def test_kl_matches_float64_reference() -> None:
+    student, teacher = torch.randn(2, 5, 11), torch.randn(2, 5, 11)
+    p = torch.softmax(teacher.double(), -1)
+    expected = (p * (torch.log_softmax(teacher.double(), -1) - torch.log_softmax(student.double(), -1))).sum(-1)
+    assert torch.allclose(kl_divergence(student, teacher).double(), expected.mean(), atol=1e-6)
+    assert float(kl_divergence(teacher, teacher)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_batches_are_a_function_of_the_step() -> None:
+    sampler = BatchSampler(tiny_corpus(), encode, seq_len=64, batch_size=3, seed=7)
+    assert torch.equal(sampler.batch(4), sampler.batch(4))
+    assert not torch.equal(sampler.batch(4), sampler.batch(5))
+    assert sampler.batch(0).shape == (3, 64)
+
+
+def test_evaluation_text_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="evaluation-only"):
+        Corpus.build(encode, "t", tmp_path / "wikitext2_test", tmp_path)

@@ -1,0 +1,134 @@
+"""The student: hybrid attention swapped into the teacher. Checked against the teacher where they must
+agree, against itself across the full-sequence / prefill / step forms, and through its parameter file."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from backbone.attention import RecurrentState
+from backbone.loader import wrap_teacher
+from backbone.lora import LoRALinear
+from backbone.student import (
+    StudentConfig,
+    build_student,
+    load_student,
+    save_student,
+    state_spec,
+    trainable_parameters,
+)
+from tests.backbone.attention_helpers import relative_rms
+from tests.backbone.test_teacher import TINY, tiny_model
+
+SMALL = StudentConfig(sinks=2, window=16)
+
+
+def perturb(student: torch.nn.Module, seed: int) -> None:
+    """Move the trainable parameters off their initial values so every term is exercised."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in trainable_parameters(student).values():
+            param.add_(torch.randn(param.shape, generator=generator) * 0.3)
+
+
+def test_student_equals_teacher_while_everything_fits_the_window() -> None:
+    teacher = tiny_model(seed=11)
+    student = build_student(teacher, StudentConfig(sinks=4, window=64))
+    perturb(student, 0)
+    ids = torch.randint(0, TINY.vocab_size, (2, 64))
+    with torch.no_grad():
+        assert relative_rms(student(ids), teacher(ids)) < 1e-5
+
+
+def test_student_differs_from_teacher_beyond_the_window() -> None:
+    teacher = tiny_model(seed=12)
+    student = build_student(teacher, SMALL)
+    ids = torch.randint(0, TINY.vocab_size, (1, 80))
+    with torch.no_grad():
+        assert relative_rms(student(ids)[:, 20:], teacher(ids)[:, 20:]) > 1e-3
+
+
+@pytest.mark.parametrize("splits", [[1], [63, 1, 1], [100, 37, 13], [17, 150]])
+def test_full_forward_equals_prefill_then_steps(splits: list[int]) -> None:
+    teacher = tiny_model(seed=13)
+    student = build_student(teacher, SMALL)
+    perturb(student, 1)
+    ids = torch.randint(0, TINY.vocab_size, (1, sum(splits)))
+    spec = state_spec(student)
+    with torch.no_grad():
+        full = student(ids)
+        state = RecurrentState.empty(spec)
+        pieces, start = [], 0
+        for length in splits:
+            pieces.append(student(ids[:, start:start + length], state))
+            start += length
+        incremental = torch.cat(pieces, dim=1)
+    assert state.num_tokens == ids.shape[1]
+    assert relative_rms(incremental, full) < 2e-3
+
+
+def test_student_shares_teacher_weights_and_leaves_the_teacher_intact() -> None:
+    teacher = tiny_model(seed=14)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student = build_student(teacher, dataclasses.replace(SMALL, lora_rank=2))
+    perturb(student, 2)
+    for module in student.modules():
+        if isinstance(module, LoRALinear):
+            module.merge()
+    assert student.layers[0].mlp.up_proj.weight.data_ptr() == teacher.layers[0].mlp.up_proj.weight.data_ptr()
+    for name, value in teacher.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
+def test_lora_merge_keeps_the_outputs() -> None:
+    student = build_student(tiny_model(seed=15), dataclasses.replace(SMALL, lora_rank=4))
+    perturb(student, 3)
+    ids = torch.randint(0, TINY.vocab_size, (1, 40))
+    with torch.no_grad():
+        unmerged = student(ids)
+        for module in student.modules():
+            if isinstance(module, LoRALinear):
+                module.merge()
+        assert relative_rms(student(ids), unmerged) < 1e-5
+
+
+def test_only_new_parameters_train() -> None:
+    student = build_student(tiny_model(seed=16), dataclasses.replace(SMALL, lora_rank=2))
+    trainable = {n for n, p in student.named_parameters() if p.requires_grad}
+    assert trainable == set(trainable_parameters(student))
+    assert all(".hybrid." in n or ".lora_" in n for n in trainable)
+    assert any(".lora_" in n for n in trainable) and any("feature_map" in n for n in trainable)
+
+
+def test_parameter_file_round_trip_and_checks(tmp_path: Path) -> None:
+    teacher = wrap_teacher(tiny_model(seed=17), tokenizer=None, fingerprint="teacher-a")  # type: ignore[arg-type]
+    config = dataclasses.replace(SMALL, lora_rank=2)
+    trained = build_student(teacher.model, config)
+    perturb(trained, 4)
+    path = tmp_path / "student.safetensors"
+    digest = save_student(path, trained, config, "teacher-a")
+    path.with_suffix(".json").write_text(json.dumps({"sha256": digest}))
+
+    loaded = load_student(teacher, path)
+    ids = torch.randint(0, TINY.vocab_size, (1, 50))
+    with torch.no_grad():
+        expected = trained(ids)
+        state = loaded.new_state()
+        assert isinstance(state, RecurrentState)
+        assert relative_rms(loaded.model(ids, state), expected) < 2e-3
+    assert loaded.max_context is None and loaded.fingerprint != teacher.fingerprint
+
+    other = wrap_teacher(tiny_model(seed=17), tokenizer=None, fingerprint="teacher-b")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="another teacher"):
+        load_student(other, path)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="damaged or was replaced"):
+        load_student(teacher, path)
+    with pytest.raises(FileNotFoundError, match="rillet convert"):
+        load_student(teacher, tmp_path / "missing.safetensors")
