@@ -16,6 +16,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Before torch loads OpenMP: idle threads sleep instead of spinning. On this shared 2-core machine spinning
 # threads make a 2-thread forward 10x slower whenever other work runs at the same time.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Triton kernels are tested on CPU in Triton's interpreter, which must be chosen before triton is first
+# imported (by any test); without a GPU there is nothing else Triton could run on.
+if not Path("/dev/nvidia0").exists():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Converted weights survive between runs here (gitignored), so only the first run reads the GGUF.

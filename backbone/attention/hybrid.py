@@ -29,6 +29,8 @@ from backbone.attention.feature_maps import FeatureMap, make_feature_map
 from backbone.attention.linear import CHUNK_SIZE, check_qkv
 from backbone.attention.state import LayerState, StateSpec
 
+PREFILL_SEGMENT = 4096  # tokens per piece when a long prompt continues a state
+
 
 def _grouped(x: torch.Tensor, kv_heads: int) -> torch.Tensor:
     """(B, Hq, ...) -> (B, Hkv, G, ...): query head h belongs to key/value head h // G."""
@@ -36,19 +38,16 @@ def _grouped(x: torch.Tensor, kv_heads: int) -> torch.Tensor:
 
 
 def combine(
-    scores: torch.Tensor,
-    linear_numerator: torch.Tensor,
-    linear_denominator: torch.Tensor,
-    log_weight: torch.Tensor,
+    scores: torch.Tensor, linear_denominator: torch.Tensor, log_weight: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Shared max-shift of exact scores (…, K) and linear mass (…): returns exact weights p (…, K), the
-    linear factor exp(β − m) (…), and the normaliser Σp + exp(β − m)·Σφφ (…)."""
+    """Shared max-shift of exact scores (…, K) and linear mass φ(q)·z (…, 1): returns the exact weights
+    p (…, K), the linear factor exp(β − m) (…, 1) and the normaliser Σp + exp(β − m)·φ(q)·z (…, 1)."""
     tiny = torch.finfo(linear_denominator.dtype).tiny
-    linear_log_mass = log_weight + torch.log(linear_denominator.abs().clamp_min(tiny))
-    shift = torch.maximum(scores.amax(-1), linear_log_mass).detach()
-    exact = torch.exp(scores - shift.unsqueeze(-1))
+    linear_log_mass = log_weight + torch.log(linear_denominator.clamp_min(tiny))
+    shift = torch.maximum(scores.amax(-1, keepdim=True), linear_log_mass).detach()
+    exact = torch.exp(scores - shift)
     linear_factor = torch.exp(log_weight - shift)
-    return exact, linear_factor, exact.sum(-1) + linear_factor * linear_denominator
+    return exact, linear_factor, exact.sum(-1, keepdim=True) + linear_factor * linear_denominator
 
 
 def hybrid_attention(
@@ -84,6 +83,15 @@ def hybrid_attention(
         state.check(spec, q.shape[0], q.dtype)
         if q.shape[2] == 1:
             return _step(q, k, v, feature_map_q, feature_map_k, log_weight, spec, state)
+        if q.shape[2] > PREFILL_SEGMENT:  # bounded memory: long prompts go in segments, the state carried
+            segments = zip(*(x.split(PREFILL_SEGMENT, dim=2) for x in (q, k, v)), strict=True)
+            return torch.cat(
+                [
+                    _sequence(*qkv, feature_map_q, feature_map_k, log_weight, spec, state, chunk_size, backend)
+                    for qkv in segments
+                ],
+                dim=2,
+            )
     return _sequence(q, k, v, feature_map_q, feature_map_k, log_weight, spec, state, chunk_size, backend)
 
 
@@ -102,11 +110,11 @@ def _sequence(q, k, v, feature_map_q, feature_map_k, log_weight, spec, state, ch
         old_sink_k = old_sink_v = k.new_zeros(batch, kv_heads, 0, head_dim)
         initial = None
     else:
-        tensors = state.tensors
-        past_k, past_v = (torch.roll(tensors[n], -(start % window), dims=2) for n in ("window_k", "window_v"))
+        exact_k, exact_v = state.tensors["exact_k"], state.tensors["exact_v"]
+        past_k, past_v = (torch.roll(x[:, :, sinks:], -(start % window), dims=2) for x in (exact_k, exact_v))
         old_sinks = min(sinks, start)
-        old_sink_k, old_sink_v = tensors["sink_k"][:, :, :old_sinks], tensors["sink_v"][:, :, :old_sinks]
-        initial = torch.cat([tensors["kv"], tensors["k_sum"].unsqueeze(-1)], dim=-1)
+        old_sink_k, old_sink_v = exact_k[:, :, :old_sinks], exact_v[:, :, :old_sinks]
+        initial = torch.cat([state.tensors["kv"], state.tensors["k_sum"].unsqueeze(-1)], dim=-1)
     # Extended stream: the `window` tokens before `start` (zeros where there were none), then the new ones.
     # Extended index e is position start - window + e.
     ext_k, ext_v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
@@ -147,27 +155,22 @@ def _sequence(q, k, v, feature_map_q, feature_map_k, log_weight, spec, state, ch
     linear, final = linear_core(query_features, key_features, values, None, initial, chunk_size, backend)
     linear = _grouped(F.pad(linear, (0, 0, 0, pad)), kv_heads).reshape(*q_blocks.shape[:-1], head_dim + 1)
 
-    log_w = _grouped(log_weight.to(q.dtype)[None, :, None, None], kv_heads)  # (1, Hkv, G, 1, 1)
-    exact, linear_factor, normaliser = combine(scores, linear[..., :head_dim], linear[..., head_dim], log_w)
+    log_w = _grouped(log_weight.to(q.dtype)[None, :, None, None, None], kv_heads)  # (1, Hkv, G, 1, 1, 1)
+    exact, linear_factor, normaliser = combine(scores, linear[..., head_dim:], log_w)
     exact_window, exact_sinks = exact.split([2 * window, sink_k.shape[2]], dim=-1)
     numerator = (
         torch.einsum("bhgnij,bhnjd->bhgnid", exact_window, window_v)
         + torch.einsum("bhgnis,bhsd->bhgnid", exact_sinks, sink_v)
-        + linear_factor.unsqueeze(-1) * linear[..., :head_dim]
+        + linear_factor * linear[..., :head_dim]
     )
-    out = (numerator / normaliser.unsqueeze(-1)).reshape(batch, q_heads, blocks * window, head_dim)[:, :, :length]
+    out = (numerator / normaliser).reshape(batch, q_heads, blocks * window, head_dim)[:, :, :length]
 
     if state is not None:
         end = start + length
-        chronological = (ext_k[:, :, length:], ext_v[:, :, length:])  # positions end - W .. end - 1
-        state.tensors["window_k"], state.tensors["window_v"] = (
-            torch.roll(x, end % window, dims=2).contiguous() for x in chronological
-        )
-        if new_sinks:
-            for name, new in (("sink_k", k), ("sink_v", v)):
-                updated = state.tensors[name].clone()
-                updated[:, :, start : start + new_sinks] = new[:, :, :new_sinks]
-                state.tensors[name] = updated
+        for name, seen_sinks, ext in (("exact_k", sink_k, ext_k), ("exact_v", sink_v, ext_v)):
+            ring = torch.roll(ext[:, :, length:], end % window, dims=2)  # positions end - W .. end - 1 in slots
+            sink_slots = F.pad(seen_sinks, (0, 0, 0, sinks - seen_sinks.shape[2]))
+            state.tensors[name] = torch.cat([sink_slots, ring], dim=2)
         state.tensors["kv"] = final[..., :head_dim].contiguous()
         state.tensors["k_sum"] = final[..., head_dim].contiguous()
         state.num_tokens = end
@@ -175,41 +178,40 @@ def _sequence(q, k, v, feature_map_q, feature_map_k, log_weight, spec, state, ch
 
 
 def _step(q, k, v, feature_map_q, feature_map_k, log_weight, spec, state):
-    """One token at position t = state.num_tokens; updates the state in place."""
+    """One token at position t = state.num_tokens; updates the state in place. Kept to few tensor ops:
+    at decoding speed the per-op overhead, not arithmetic, is the cost."""
     batch, q_heads, _, head_dim = q.shape
     kv_heads, sinks, window = spec.kv_heads, spec.sinks, spec.window
     tensors, t = state.tensors, state.num_tokens
-    slot = t % window
+    exact_k, exact_v = tensors["exact_k"], tensors["exact_v"]
+    slot = sinks + t % window
     if t - window >= sinks:  # the key leaving the window joins the linear sums
-        leaving_k = _expand_to_state_heads(tensors["window_k"][:, :, slot : slot + 1], spec)
-        leaving_v = _expand_to_state_heads(tensors["window_v"][:, :, slot], spec)
-        features = feature_map_k(leaving_k)[:, :, 0]  # (B, Hs, F)
-        tensors["kv"].add_(features.unsqueeze(-1) * leaving_v.unsqueeze(-2))
-        tensors["k_sum"].add_(features)
-    tensors["window_k"][:, :, slot] = k[:, :, 0]
-    tensors["window_v"][:, :, slot] = v[:, :, 0]
+        leaving_k = _expand_to_state_heads(exact_k[:, :, slot : slot + 1], spec)
+        leaving_v = _expand_to_state_heads(exact_v[:, :, slot : slot + 1], spec)
+        features = feature_map_k(leaving_k)  # (B, Hs, 1, F)
+        tensors["kv"].addcmul_(features.transpose(-1, -2), leaving_v)
+        tensors["k_sum"].add_(features[:, :, 0])
+    exact_k[:, :, slot] = k[:, :, 0]
+    exact_v[:, :, slot] = v[:, :, 0]
     if t < sinks:
-        tensors["sink_k"][:, :, t] = k[:, :, 0]
-        tensors["sink_v"][:, :, t] = v[:, :, 0]
+        exact_k[:, :, t] = k[:, :, 0]
+        exact_v[:, :, t] = v[:, :, 0]
 
-    keys = torch.cat([tensors["sink_k"], tensors["window_k"]], dim=2)  # (B, Hkv, S + W, D)
-    values = torch.cat([tensors["sink_v"], tensors["window_v"]], dim=2)
-    sink_valid = torch.arange(sinks, device=q.device) <= t
-    slot_position = t - (t - torch.arange(window, device=q.device)) % window
-    window_valid = slot_position >= max(sinks, 0)
-    valid = torch.cat([sink_valid, window_valid])
-
-    grouped_q = _grouped(q[:, :, 0], kv_heads)  # (B, Hkv, G, D)
-    scores = (grouped_q @ keys.transpose(-1, -2)) * head_dim**-0.5
-    scores = scores.masked_fill(~valid, float("-inf"))
+    grouped_q = _grouped(q, kv_heads).reshape(batch, kv_heads, -1, head_dim) * head_dim**-0.5
+    scores = grouped_q @ exact_k.transpose(-1, -2)  # (B, Hkv, G, S + W)
+    if t < sinks + window - 1:  # warming up: unseen sink slots and ring slots holding sinks are not attended
+        slot_index = torch.arange(sinks + window, device=q.device)
+        ring_position = t - (t - (slot_index - sinks)) % window
+        valid = torch.where(slot_index < sinks, slot_index <= t, ring_position >= sinks)
+        scores = scores.masked_fill(~valid, float("-inf"))
     query_features = _grouped(feature_map_q(q)[:, :, 0], spec.state_heads)  # (B, Hs, Gs, F)
     linear_numerator = (query_features @ tensors["kv"]).reshape(batch, kv_heads, -1, head_dim)
-    linear_denominator = (query_features @ tensors["k_sum"].unsqueeze(-1)).reshape(batch, kv_heads, -1)
-    log_w = _grouped(log_weight.to(q.dtype)[None, :], kv_heads)  # (1, Hkv, G)
-    exact, linear_factor, normaliser = combine(scores, linear_numerator, linear_denominator, log_w)
-    numerator = exact @ values + linear_factor.unsqueeze(-1) * linear_numerator
+    linear_denominator = (query_features @ tensors["k_sum"].unsqueeze(-1)).reshape(batch, kv_heads, -1, 1)
+    log_w = log_weight.to(q.dtype).reshape(1, kv_heads, -1, 1)
+    exact, linear_factor, normaliser = combine(scores, linear_denominator, log_w)
+    numerator = exact @ exact_v + linear_factor * linear_numerator
     state.num_tokens = t + 1
-    return (numerator / normaliser.unsqueeze(-1)).reshape(batch, q_heads, 1, head_dim)
+    return (numerator / normaliser).reshape(batch, q_heads, 1, head_dim)
 
 
 def naive_hybrid_attention(

@@ -1,10 +1,10 @@
 """`RecurrentState`: the constant-size per-conversation memory of a linear-attention model.
 
-Per layer it holds the linear-attention sums (kv, k_sum) and, for hybrid attention, the sink keys/values
-(the first tokens, kept forever) and a ring buffer of the last `window` keys/values (the token at
-position p sits in slot p mod window). Its size does not depend on how many tokens it has read. It
-implements `backbone.state.ModelState`, so memory/ can persist it as named tensors plus metadata, and it
-round-trips exactly through safetensors bytes.
+Per layer it holds the linear-attention sums (kv, k_sum) and, for hybrid attention, the exactly attended
+keys/values `exact_k`, `exact_v`: `sinks` slots for the first tokens (kept forever), then a ring buffer of
+the last `window` tokens (position p ≥ 0 sits in ring slot p mod window). Its size does not depend on how
+many tokens it has read. It implements `backbone.state.ModelState`, so memory/ can persist it as named
+tensors plus metadata, and it round-trips exactly through safetensors bytes.
 """
 
 from __future__ import annotations
@@ -46,9 +46,8 @@ class StateSpec:
             "kv": (batch, self.state_heads, self.feature_dim, self.head_dim),
             "k_sum": (batch, self.state_heads, self.feature_dim),
         }
-        if self.layer_kind == "hybrid":
-            for name, length in (("sink", self.sinks), ("window", self.window)):
-                shapes[f"{name}_k"] = shapes[f"{name}_v"] = (batch, self.kv_heads, length, self.head_dim)
+        if self.layer_kind == "hybrid":  # exactly attended keys/values: `sinks` slots, then the window ring
+            shapes["exact_k"] = shapes["exact_v"] = (batch, self.kv_heads, self.sinks + self.window, self.head_dim)
         return shapes
 
     def to_metadata(self) -> dict[str, str]:

@@ -154,3 +154,15 @@ def test_bad_inputs_get_clear_errors():
         attention(q, k, v, other.new_state())
     with pytest.raises(ValueError, match="dtype"):
         attention(q, k, v, attention.new_state(dtype=torch.float64))
+
+
+def test_long_prefill_in_segments_matches_one_pass(monkeypatch):
+    monkeypatch.setattr("backbone.attention.hybrid.PREFILL_SEGMENT", 40)
+    attention = make_attention(4, 2, 16, 2, 8, seed=11)
+    q, k, v = random_qkv(1, 4, 2, 130, 16)
+    with torch.no_grad():
+        whole = attention(q, k, v)
+        state = attention.new_state()
+        segmented = attention(q, k, v, state)
+    assert state.num_tokens == 130
+    assert relative_rms(segmented, whole) < 1e-5

@@ -49,7 +49,7 @@ def test_clone_is_independent_and_to_converts():
     with torch.no_grad():
         attention(torch.randn(1, 4, 1, 16), torch.randn(1, 2, 1, 16), torch.randn(1, 2, 1, 16), copy.layers[0])
     assert copy.layers[0].num_tokens == 38 and state.layers[0].num_tokens == 37
-    assert not torch.equal(copy.layers[0].tensors["window_k"], state.layers[0].tensors["window_k"])
+    assert not torch.equal(copy.layers[0].tensors["exact_k"], state.layers[0].tensors["exact_k"])
     half = state.to(dtype=torch.float16)
     assert half.nbytes == state.nbytes // 2 and half.num_tokens == 37
 
@@ -65,6 +65,6 @@ def test_foreign_or_damaged_states_are_refused():
     with pytest.raises(ValueError, match="not a recurrent state"):
         RecurrentState.from_tensors({}, {"kind": "kv_cache"})
     tensors = filled_state().to_tensors()
-    tensors["layers.0.window_k"] = tensors["layers.0.window_k"][:, :, :4].contiguous()
+    tensors["layers.0.exact_k"] = tensors["layers.0.exact_k"][:, :, :4].contiguous()
     with pytest.raises(ValueError, match="another model configuration"):
         RecurrentState.from_tensors(tensors, metadata)
