@@ -116,6 +116,12 @@ class SessionStore:
             self._claim(db, session_id, None, bump=False, title=_title(title))
             return self._info(db, session_id)
 
+    def set_collection(self, session_id: int, collection: str | None) -> SessionInfo:
+        """Which collection the session searches; not part of the transcript, so the version stays."""
+        with self._db.begin() as db:
+            self._claim(db, session_id, None, bump=False, collection=collection or None)
+            return self._info(db, session_id)
+
     def delete(self, session_id: int) -> None:
         """Delete a session with its messages and snapshots (its branches stay, as sessions of their own)."""
         with self._db.begin() as db:

@@ -41,6 +41,9 @@ def test_rename_validates_and_keeps_the_transcript(store: SessionStore) -> None:
     store.append_messages(info.id, [ChatMessage("user", "a")])
     renamed = store.rename(info.id, "second")
     assert renamed.title == "second" and renamed.message_count == 1
+    moved = store.set_collection(info.id, "code")
+    assert (moved.collection, moved.version, moved.title) == ("code", renamed.version, "second")
+    assert store.set_collection(info.id, "").collection is None
     for bad in ("", "   ", "x" * 201):
         with pytest.raises(InvalidTranscriptError, match="title"):
             store.rename(info.id, bad)
