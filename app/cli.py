@@ -62,7 +62,8 @@ def doctor() -> None:
     table = Table("component", "state", "fix", title="rillet doctor")
     for check in run_checks(get_settings()):
         ok &= check.ok or not check.required
-        table.add_row(check.name, ("[green]" if check.ok else "[red]") + check.state, check.hint or "")
+        color = "[green]" if check.ok else "[red]" if check.required else "[yellow]"
+        table.add_row(check.name, color + check.state, "" if check.ok else check.hint)
     console.print(table)
     raise typer.Exit(0 if ok else 1)
 

