@@ -15,6 +15,9 @@ from app.config import Settings, get_settings
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Idle OpenMP threads sleep instead of spinning: with other work on the CPU, spinning threads made
+# decoding 4x slower (bench/results/teacher.md). Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 cli = typer.Typer(help="Rillet: a self-hosted assistant for long conversations over code and documents.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)

@@ -166,3 +166,19 @@ def test_generation_stops_when_the_context_is_full(teacher) -> None:
     assert (result.stop_reason, len(result.token_ids), state.num_tokens) == ("context_full", 4, 24)
     with pytest.raises(ValueError, match="24-token context"):
         small.prefill([5], state)
+
+
+@pytest.mark.slow
+def test_chat_command_answers_and_keeps_the_conversation(teacher, model_cache, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+
+    monkeypatch.setenv("RILLET_DATA_DIR", str(model_cache.parent))  # its cache_dir is the fixture's cache
+    monkeypatch.setenv("RILLET_DATABASE_URL", "sqlite://")
+    questions = "What is the capital of France? Answer in one sentence.\nAnd of Italy? One sentence.\n\n"
+    result = CliRunner().invoke(cli, ["chat", "--model", "teacher", "--max-new-tokens", "40"], input=questions)
+    assert result.exit_code == 0, result.output
+    assert "Paris" in result.output and "Rome" in result.output
+    refused = CliRunner().invoke(cli, ["chat", "--temperature", "-1"], input="\n")
+    assert refused.exit_code == 2 and "temperature" in refused.output
