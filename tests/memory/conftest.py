@@ -15,7 +15,7 @@ from backbone.gguf import find_gguf, read_metadata
 from backbone.tokenizer import ChatTokenizer
 from memory.db import make_engine
 from memory.sessions import SessionStore
-from tests.memory.tiny import tiny_model
+from tests.memory.tiny import tiny_model, tiny_student
 from tests.pg import temporary_database
 
 
@@ -25,14 +25,22 @@ def tokenizer() -> ChatTokenizer:
 
 
 @pytest.fixture(scope="session")
-def model(tokenizer: ChatTokenizer) -> LanguageModel:
-    return tiny_model(tokenizer, seed=0)
+def models(tokenizer: ChatTokenizer) -> dict[str, tuple[LanguageModel, LanguageModel]]:
+    """Per kind of state, two tiny models of equal shapes and different weights: the second one's states
+    would load into the first but mean nothing there."""
+    return {"kv-cache": (tiny_model(tokenizer, 0), tiny_model(tokenizer, 1)),
+            "recurrent": (tiny_student(tokenizer, 0), tiny_student(tokenizer, 1))}
 
 
-@pytest.fixture(scope="session")
-def other_model(tokenizer: ChatTokenizer) -> LanguageModel:
-    """Same shapes as `model`, other weights: its states would load into `model` but mean nothing there."""
-    return tiny_model(tokenizer, seed=1)
+@pytest.fixture
+def model(models: dict[str, tuple[LanguageModel, LanguageModel]]) -> LanguageModel:
+    """The tiny softmax model; modules about states override this with both kinds."""
+    return models["kv-cache"][0]
+
+
+@pytest.fixture
+def other_model(models: dict[str, tuple[LanguageModel, LanguageModel]], model: LanguageModel) -> LanguageModel:
+    return next(other for first, other in models.values() if first is model)
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,12 @@ from memory.transcript import message_pieces, replay
 from tests.memory.chat import Chat, states_equal
 from tests.memory.tiny import greedy
 
+
+@pytest.fixture(params=["kv-cache", "recurrent"])
+def model(request: pytest.FixtureRequest, models: dict[str, tuple[LanguageModel, LanguageModel]]) -> LanguageModel:
+    """Both kinds of state: the teacher's KV cache and the student's recurrent state."""
+    return models[request.param][0]
+
 TURNS = [("My locker code is 4817.", "Noted: 4817."), ("What is the capital of Peru?", "Lima."),
          ("Write a haiku about rain.",
           "Soft rain on the roof,\nthe gutters hum a long note,\nsleep comes in grey waves."),
@@ -77,7 +83,7 @@ def test_snapshots_are_thinned_in_the_same_transaction(store: SessionStore, mode
     assert len(snapshot_ordinals(thin, chat.id)) < 15
 
 
-@pytest.mark.parametrize("keep", [0, 2, 6, 8, 10, 12])
+@pytest.mark.parametrize("keep", [0, 6, 8, 10, 12])
 def test_fork_restores_the_nearest_snapshot_and_replays_only_the_gap(store: SessionStore, model: LanguageModel,
                                                                      keep: int) -> None:
     thin = SessionStore(store.engine, policy=SnapshotPolicy(every=4, per_band=1, keep_last=1))

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import pytest
+
 from backbone.generate import LanguageModel
 from backbone.tokenizer import ChatTokenizer
 from memory.records import ChatMessage
 from memory.transcript import PIECE_TOKENS, feed, message_pieces, replay
 from tests.memory.chat import states_equal
+
+
+@pytest.fixture(params=["kv-cache", "recurrent"])
+def model(request: pytest.FixtureRequest, models: dict[str, tuple[LanguageModel, LanguageModel]]) -> LanguageModel:
+    """Both kinds of state: the teacher's KV cache and the student's recurrent state."""
+    return models[request.param][0]
 
 
 def conversation() -> list[ChatMessage]:

@@ -9,6 +9,7 @@ from backbone.generate import LanguageModel
 from backbone.kv_cache import KVCache
 from backbone.model import Transformer
 from backbone.state import ModelState
+from backbone.student import StudentConfig, build_student, wrap_student
 from backbone.tokenizer import ChatTokenizer
 
 
@@ -42,3 +43,12 @@ def greedy(model: LanguageModel, state: ModelState, n: int) -> list[int]:
         out.append(token)
         logits = model.step(token, state)
     return out
+
+
+def tiny_student(tokenizer: ChatTokenizer, seed: int) -> LanguageModel:
+    """The tiny model with hybrid attention (2 sinks, 8-token window, linear attention beyond): a
+    `RecurrentState` that has to carry the linear sums, not only recent tokens."""
+    teacher = tiny_model(tokenizer, seed)
+    torch.manual_seed(seed + 1000)
+    student = build_student(teacher.model, StudentConfig(sinks=2, window=8)).eval()
+    return wrap_student(student, teacher, f"untrained-{seed}")
