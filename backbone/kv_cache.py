@@ -29,7 +29,8 @@ class LayerKV:
     def empty(cls, batch_size: int, num_kv_heads: int, head_dim: int, max_context: int,
               device: torch.device | str, dtype: torch.dtype) -> LayerKV:
         shape = (batch_size, num_kv_heads, min(MIN_CAPACITY, max_context), head_dim)
-        return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype),
+        # Uninitialised: only positions below `length` are ever read.
+        return cls(torch.empty(shape, device=device, dtype=dtype), torch.empty(shape, device=device, dtype=dtype),
                    0, max_context)
 
     @property
@@ -44,7 +45,7 @@ class LayerKV:
         shape = (*self.keys.shape[:2], capacity, self.keys.shape[3])
         for name in ("keys", "values"):
             old = getattr(self, name)
-            new = old.new_zeros(shape)
+            new = old.new_empty(shape)
             new[:, :, : self.length] = old[:, :, : self.length]
             setattr(self, name, new)
 
