@@ -159,7 +159,8 @@ class LanguageModel:
         """Prefill, then yield sampled token ids; each is fed back, so the state holds all of them.
 
         Returns (as StopIteration.value) why it stopped. A stop token is yielded and fed too, so the
-        state ends with the end-of-turn marker, like the chat template writes past turns.
+        state ends with the end-of-turn marker, like the chat template writes past turns. Closing the
+        generator early (a user pressing stop) still feeds the last token it yielded.
         """
         if not isinstance(sampling, SamplingConfig):
             raise TypeError("sampling must be a SamplingConfig.")
@@ -170,8 +171,10 @@ class LanguageModel:
             if self.max_context is not None and state.num_tokens >= self.max_context:
                 return "context_full"
             token = sampler(logits)
-            yield token
-            logits = self.step(token, state)
+            try:
+                yield token
+            finally:  # also on close(): the state keeps every token the caller has seen
+                logits = self.step(token, state)
             if token in stop_ids:
                 return "end_of_turn"
         return "max_new_tokens"
@@ -185,15 +188,18 @@ class LanguageModel:
         decoder = StreamDecoder(self.tokenizer.token_bytes)
         stop_ids = self.tokenizer.stop_ids
         tokens = self.iter_tokens(prompt_ids, state, sampling or SamplingConfig())
-        while True:
-            try:
-                token = next(tokens)
-            except StopIteration as stop:
-                reason = stop.value
-                break
-            piece = "" if token in stop_ids else decoder.push(token)
-            if piece:
-                yield piece
+        try:
+            while True:
+                try:
+                    token = next(tokens)
+                except StopIteration as stop:
+                    reason = stop.value
+                    break
+                piece = "" if token in stop_ids else decoder.push(token)
+                if piece:
+                    yield piece
+        finally:
+            tokens.close()  # when the caller stops early, the last token still reaches the state now
         if tail := decoder.flush():
             yield tail
         return reason

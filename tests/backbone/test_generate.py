@@ -182,3 +182,17 @@ def test_chat_command_answers_and_keeps_the_conversation(teacher, model_cache, m
     assert "Paris" in result.output and "Rome" in result.output
     refused = CliRunner().invoke(cli, ["chat", "--temperature", "-1"], input="\n")
     assert refused.exit_code == 2 and "temperature" in refused.output
+
+
+@pytest.mark.slow
+def test_stopping_early_keeps_every_token_seen(teacher) -> None:
+    prompt = teacher.tokenizer.encode(teacher.tokenizer.render_chat(QUESTION))
+    state = teacher.new_state()
+    tokens = teacher.iter_tokens(prompt, state, SamplingConfig(max_new_tokens=50))
+    seen = [next(tokens) for _ in range(3)]
+    tokens.close()
+    assert state.num_tokens == len(prompt) + len(seen)
+    pieces = teacher.stream(prompt, teacher.new_state())
+    first = next(pieces)
+    pieces.close()
+    assert first and teacher.generate(prompt, sampling=SamplingConfig(max_new_tokens=50)).text.startswith(first)
