@@ -45,9 +45,10 @@ class Chunker:
     """`count_tokens` gives the model's token count of each string (without special tokens)."""
 
     def __init__(self, count_tokens: Callable[[Sequence[str]], list[int]], max_tokens: int = 256,
-                 overlap_tokens: int = 24, special_tokens: int = 2) -> None:
+                 overlap_tokens: int = 24, special_tokens: int = 2, min_unit_tokens: int = 32) -> None:
         self.count_tokens = count_tokens
         self.max_tokens, self.overlap_tokens, self.special_tokens = max_tokens, overlap_tokens, special_tokens
+        self.min_unit_tokens = min_unit_tokens
 
     def chunk(self, doc: Document, title: str) -> list[PlannedChunk]:
         run = _Run(self, doc, title)
@@ -68,14 +69,18 @@ class _Run:
         self.owner = [-1] * n  # innermost section of each line
         self.sections: list[tuple[int, str | None, int]] = []  # (end, name, index of the parent or -1)
         self.depth: list[int] = []
-        self.paint(doc.outline, -1, 0, 0, n)
+        self.headers: dict[tuple[str, ...], tuple[str, int]] = {}
+        self.paint(doc.outline, -1, 0, 0, n, (), opened=self.tokens(0, n) > self.budget(()))
         for b in range(1, n):
             if self.blank[b - 1] and not self.blank[b]:  # a paragraph starts
                 self.cost[b] = min(self.cost[b], self.depth_of(self.owner[b]) + 1)
-        self.headers: dict[tuple[str, ...], tuple[str, int]] = {}
         self.chunks: list[PlannedChunk] = []
 
-    def paint(self, sections: list[Section], parent: int, depth: int, low: int, high: int) -> None:
+    def paint(self, sections: list[Section], parent: int, depth: int, low: int, high: int,
+              names: tuple[str, ...], opened: bool) -> None:
+        """Record the outline per line. In an `opened` parent (one too large for a chunk), every named
+        section of at least `min_unit_tokens` gets chunk edges of its own, so an edit re-chunks (and
+        re-embeds) that section only, never its neighbours."""
         for section in sorted(sections, key=lambda s: s.start):
             start, end = max(section.start, low), min(section.end, high)
             if end <= start:
@@ -87,9 +92,12 @@ class _Run:
             edge = depth + (0.0 if section.name else 0.5)
             self.cost[start] = min(self.cost[start], edge)
             self.cost[end] = min(self.cost[end], edge)
-            if section.boundary:
+            inner = (*names, section.name) if section.name else names
+            size = self.tokens(start, end)
+            if section.boundary or (opened and section.name and size >= self.chunker.min_unit_tokens):
                 self.forced |= {start, end}
-            self.paint(section.children, index, depth + 1, start, end)
+            self.paint(section.children, index, depth + 1, start, end, inner,
+                       opened=(opened or section.boundary) and size > self.budget(inner))
             low = end
 
     def depth_of(self, index: int) -> int:

@@ -88,10 +88,11 @@ def _definitions(node, lines: list[str], kinds: frozenset[str], floor: int) -> l
     """Definitions below `node`, nested as in the source; nodes in between are looked through."""
     found: list[Section] = []
     for child in node.named_children:
-        if child.type in kinds and not (child.type in NEEDS_BODY and child.child_by_field_name("body") is None):
+        definition = _definition(child, kinds)
+        if definition is not None:
             start = _with_comments_above(lines, child.start_point[0], floor)
             end = child.end_point[0] + 1
-            found.append(Section(start, end, _label(child), _definitions(child, lines, kinds, start)))
+            found.append(Section(start, end, _label(definition), _definitions(definition, lines, kinds, start)))
             floor = end
         else:
             inner = _definitions(child, lines, kinds, floor)
@@ -101,12 +102,17 @@ def _definitions(node, lines: list[str], kinds: frozenset[str], floor: int) -> l
     return found
 
 
-def _label(node) -> str:  # type: ignore[no-untyped-def]
-    """'class Parser', 'function parse', 'impl Display for Point': the kind and the name of a definition."""
+def _definition(node, kinds: frozenset[str]):  # type: ignore[no-untyped-def]
+    """The definition `node` is or wraps (`export function f`, `@decorator def f`), else None."""
     if node.type in WRAPPERS:
-        inner = next((c for c in reversed(node.named_children) if c.type not in ("decorator", "comment")), None)
-        if inner is not None and inner is not node:
-            return _label(inner)
+        return next((d for d in (_definition(c, kinds) for c in node.named_children) if d is not None), None)
+    if node.type in kinds and not (node.type in NEEDS_BODY and node.child_by_field_name("body") is None):
+        return node
+    return None
+
+
+def _label(node) -> str:  # type: ignore[no-untyped-def]
+    """'class Parser', 'function parse', 'impl Point': the kind and the name of a definition."""
     kind = node.type
     for suffix in KIND_SUFFIXES:
         kind = kind.removesuffix(suffix)
@@ -115,14 +121,16 @@ def _label(node) -> str:  # type: ignore[no-untyped-def]
 
 
 def _name(node) -> str | None:  # type: ignore[no-untyped-def]
-    for field_name in ("name", "declarator", "type"):
-        target = node.child_by_field_name(field_name)
-        while target is not None and target.type not in NAME_TYPES:
-            target = target.child_by_field_name("declarator") or next(
-                (c for c in target.named_children if c.type in NAME_TYPES), None)
-        if target is not None:
-            return target.text.decode("utf-8", "replace")[:80]
-    if node.type == "type_declaration":  # Go: `type Point struct {...}`
+    target = node.child_by_field_name("name")
+    if target is None:
+        declarator = node.child_by_field_name("declarator")  # C and C++: int *name(args)
+        while declarator is not None and declarator.type not in NAME_TYPES:
+            declarator = declarator.child_by_field_name("declarator") or next(
+                (c for c in declarator.named_children if c.type in NAME_TYPES), None)
+        target = declarator or node.child_by_field_name("type")  # Rust: impl Point
+    if target is None:  # Kotlin keeps the name as a plain child
+        target = next((c for c in node.named_children if c.type in NAME_TYPES), None)
+    if target is None and node.type == "type_declaration":  # Go: type Point struct {...}
         spec = next((c for c in node.named_children if c.type == "type_spec"), None)
         return _name(spec) if spec is not None else None
-    return None
+    return target.text.decode("utf-8", "replace")[:80] if target is not None else None

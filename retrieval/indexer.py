@@ -31,8 +31,8 @@ from retrieval.store import CollectionStore
 
 log = logging.getLogger(__name__)
 
-BATCH_CHUNKS = 512  # chunks per commit: large enough for well-filled embedding batches
-EMBED_SLICE = 128  # texts per embedding call, so progress moves while a batch embeds
+BATCH_CHUNKS = 2048  # chunks per commit: a large pool sorts into well-filled embedding batches
+EMBED_SLICE = 256  # texts per embedding call (longest first), so progress moves while a pool embeds
 SAVE_EVERY_S = 60.0
 
 

@@ -52,15 +52,14 @@ GENERATED_NAMES = frozenset(
 )
 MINIFIED_SUFFIXES = (".min.js", ".min.css", ".min.mjs", ".bundle.js", ".map")
 
-# Syntax node types that start a definition, per tree-sitter grammar. A wrapper (export, decorators,
-# templates) is resolved to the definition inside it for the name.
+# Syntax node types that start a definition, per tree-sitter grammar.
 DEFINITIONS: dict[str, frozenset[str]] = {
-    "python": frozenset({"function_definition", "class_definition", "decorated_definition"}),
+    "python": frozenset({"function_definition", "class_definition"}),
     "javascript": frozenset({"function_declaration", "generator_function_declaration", "class_declaration",
-                             "method_definition", "export_statement"}),
+                             "method_definition"}),
     "typescript": frozenset({"function_declaration", "generator_function_declaration", "class_declaration",
                              "abstract_class_declaration", "method_definition", "interface_declaration",
-                             "type_alias_declaration", "enum_declaration", "export_statement", "module"}),
+                             "type_alias_declaration", "enum_declaration", "module"}),
     "go": frozenset({"function_declaration", "method_declaration", "type_declaration"}),
     "rust": frozenset({"function_item", "impl_item", "struct_item", "enum_item", "trait_item", "mod_item",
                        "macro_definition"}),
@@ -69,8 +68,7 @@ DEFINITIONS: dict[str, frozenset[str]] = {
     "kotlin": frozenset({"class_declaration", "object_declaration", "function_declaration"}),
     "scala": frozenset({"class_definition", "object_definition", "trait_definition", "function_definition"}),
     "c": frozenset({"function_definition", "struct_specifier", "enum_specifier"}),
-    "cpp": frozenset({"function_definition", "class_specifier", "struct_specifier", "namespace_definition",
-                      "template_declaration"}),
+    "cpp": frozenset({"function_definition", "class_specifier", "struct_specifier", "namespace_definition"}),
     "csharp": frozenset({"class_declaration", "interface_declaration", "struct_declaration", "enum_declaration",
                          "record_declaration", "method_declaration", "constructor_declaration",
                          "namespace_declaration"}),
@@ -82,7 +80,8 @@ DEFINITIONS: dict[str, frozenset[str]] = {
     "bash": frozenset({"function_definition"}),
 }
 DEFINITIONS["tsx"] = DEFINITIONS["typescript"]
-# Node types that only wrap a definition; their name comes from the child.
+# Node types that wrap a definition (export, decorators, templates): the section spans the wrapper,
+# the name and the nested definitions come from the definition inside.
 WRAPPERS = frozenset({"export_statement", "decorated_definition", "template_declaration"})
 # Struct/enum specifiers count only when they carry a body (not every `struct foo *p` use).
 NEEDS_BODY = frozenset({"struct_specifier", "enum_specifier", "class_specifier"})
