@@ -63,7 +63,7 @@ def helpers_module(topics: list[tuple[str, str, str]] = TOPICS) -> str:
     parts = ['"""Assorted helpers."""\n']
     for name, doc, body in topics:
         parts.append(f'def {name}(x):\n    """{doc}\n\n    Used across the code base; see the tests.\n    """\n'
-                     f'    """\n    result = {body}\n    return result\n')
+                     f"    result = {body}\n    return result\n")
     return "\n\n".join(parts)
 
 

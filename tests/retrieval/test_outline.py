@@ -50,7 +50,6 @@ def test_python_2_code_falls_back_to_tree_sitter() -> None:
 CASES = {
     "javascript": ("// adds\nfunction add(a, b) {\n  return a + b;\n}\n"
                    "class Shape {\n  area() {\n    return 0;\n  }\n}\n"
-                   "class Shape {\n  area() {\n    return 0;\n  }\n}\n"
                    "export function sub(a, b) { return a - b; }\n",
                    [(0, "function add", 1, 4), (0, "class Shape", 5, 9), (1, "method area", 6, 8),
                     (0, "function sub", 10, 10)]),
@@ -64,7 +63,6 @@ CASES = {
     "java": ("public class Circle {\n  public Circle() {}\n  double area() { return 1.0; }\n}\n",
              [(0, "class Circle", 1, 4), (1, "constructor Circle", 2, 2), (1, "method area", 3, 3)]),
     "c": ("struct point { int x; };\nint add(int a, int b) {\n  return a + b;\n}\n"
-          "static char *name(void) { return 0; }\n",
           "static char *name(void) { return 0; }\n",
           [(0, "struct point", 1, 1), (0, "function add", 2, 4), (0, "function name", 5, 5)]),
     "cpp": ("namespace geo {\nclass Circle {\n public:\n  double area() const { return 1; }\n};\n}\n",
