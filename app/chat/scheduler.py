@@ -1,9 +1,10 @@
 """One thread owns the model; chat turns wait in line and take turns on it.
 
 A job is a generator: each `next()` does a bounded piece of model work (a prefill, one token, a commit)
-and returns an event for the job's caller. The worker admits jobs in arrival order, at most
-`max_active` at a time, and steps the admitted ones round-robin, so a long answer does not hold back
-the first token of the next user. With `max_active=1` it is a plain first-come-first-served queue.
+and returns an event for the job's caller (or None, to just hand the turn on). The worker admits jobs
+in arrival order, at most `max_active` at a time, and steps the admitted ones round-robin, so a long
+answer does not hold back the first token of the next user. With `max_active=1` it is a plain
+first-come-first-served queue.
 Jobs that share a key (a chat session) never run at the same time: the later one waits for the
 earlier to commit, so it sees the earlier turn.
 
@@ -213,7 +214,9 @@ class Scheduler:
             if job.steps is None:
                 ticket.put(Started())
                 job.steps = job.factory(ticket)
-            ticket.put(next(job.steps))
+            event = next(job.steps)
+            if event is not None:  # a bare `yield` only gives the other jobs their turn
+                ticket.put(event)
             return False
         except StopIteration as stop:
             ticket.put(Finished(stop.value))

@@ -1,0 +1,440 @@
+"""The chat engine: one user turn = retrieve, answer in a fork of the session state, commit.
+
+    engine = ChatEngine(settings)
+    session = engine.create_session(collection="rillet")
+    for event in engine.ask(session.id, "Where is the config loaded?"):
+        ...  # Waiting / Started / Retrieved / Piece (streamed text) / Finished(TurnResult) / Failed
+
+For each turn, on the model's queue (app/chat/scheduler.py):
+1. retrieve the top-k passages of the session's collection, and the top-k earlier passages of this
+   conversation from its recall index (memory/recall.py);
+2. clone the session state (small), read passages + message into the clone and stream the answer;
+3. commit: read only the user message and the final answer into the persistent state (the same
+   pieces `memory.transcript.replay` would read, so a rebuilt state is identical), then store the turn
+   and the state in one transaction. Passages never enter the persistent state.
+Stop keeps the answer as far as it got: it is committed like any other, marked as stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.chat.folders import FolderNotAllowedError
+from app.chat.generation import Answer, Piece, generation_steps
+from app.chat.models import ModelRegistry, ServedModel, shared_registry
+from app.chat.prompt import DEFAULT_SYSTEM_PROMPT, Recollection, Source, build_prompt
+from app.chat.scheduler import Ticket
+from app.config import Settings
+from memory.errors import InvalidTranscriptError, SessionConflictError, SessionNotFoundError
+from memory.recall import SessionRecall
+from memory.records import ChatMessage, LoadedSession, SessionInfo
+from memory.sessions import SessionStore
+from memory.transcript import feed
+from retrieval.service import CollectionNotFoundError, Retrieval
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_CHARS = 32_000
+MAX_MESSAGE_TOKENS = 4_000
+CONTEXT_MARGIN = 8  # tokens the commit may need beyond the fork (closing an answer cut at max_new_tokens)
+RECENT_MESSAGES = 2  # the last turn is fresh in the state; recall looks further back
+STOPPED_NOTE = "\n\n_(stopped)_"
+
+
+class TurnRefused(ValueError):
+    """The turn cannot run as asked; the message says what to do. Nothing was sent or stored."""
+
+
+# Errors whose message is meant for the user as is (what to do next); anything else is a bug to log.
+USER_ERRORS = (TurnRefused, SessionNotFoundError, SessionConflictError, InvalidTranscriptError,
+               CollectionNotFoundError, FolderNotAllowedError, ValueError, FileNotFoundError)
+
+
+@dataclass(frozen=True)
+class TurnOptions:
+    top_k: int = 4
+    recall_k: int = 2
+    temperature: float = 0.0
+    max_new_tokens: int = 256
+    source_tokens: int = 1024
+    model: str | None = None  # None: settings.model
+
+    def __post_init__(self) -> None:
+        checks = [(0 <= self.top_k <= 20, "top-k must be between 0 and 20"),
+                  (0 <= self.recall_k <= 10, "recall-k must be between 0 and 10"),
+                  (0 <= self.temperature <= 2, "temperature must be between 0 and 2"),
+                  (1 <= self.max_new_tokens <= 4096, "max answer tokens must be between 1 and 4096"),
+                  (64 <= self.source_tokens <= 6000, "the passage budget must be between 64 and 6000 tokens")]
+        for ok, message in checks:
+            if not ok:
+                raise TurnRefused(f"Invalid setting: {message}.")
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    """The passages and recollections read into this turn's fork."""
+
+    sources: list[Source]
+    recalled: list[Recollection]
+    prompt_tokens: int
+
+
+@dataclass
+class TurnResult:
+    session: SessionInfo
+    message: str
+    answer: str
+    citations: list[Source]
+    stop_reason: str
+    model: str
+    prompt_tokens: int
+    answer_tokens: int
+    first_token_s: float | None
+    seconds: float
+    state_tokens: int
+    state_bytes: int
+    notice: str | None = None
+
+
+@dataclass(frozen=True)
+class SessionView:
+    """An opened session: what the UI shows."""
+
+    info: SessionInfo
+    messages: list[ChatMessage]
+    notice: str | None
+    state_tokens: int
+    state_bytes: int
+    replayed_tokens: int  # transcript tokens re-read to build the state (0: from a snapshot or the cache)
+
+
+@dataclass
+class _Cached:
+    fingerprint: str
+    version: int
+    state: Any
+
+
+class ChatEngine:
+    """Sessions, collections and chat turns over one shared model queue. Safe to use from many threads."""
+
+    def __init__(self, settings: Settings, *, registry: ModelRegistry | None = None,
+                 retrieval: Retrieval | None = None, store: SessionStore | None = None,
+                 cached_states: int = 8) -> None:
+        from app.database import open_database
+
+        self.settings = settings
+        settings.ensure_dirs()
+        self.registry = registry or shared_registry(settings)
+        database = None if store is not None and retrieval is not None else open_database(settings.db_url)
+        self.store = store or SessionStore(database)
+        self.retrieval = retrieval or Retrieval(database, settings.indexes)
+        self.recall = SessionRecall(self.store, self.retrieval.embedder, settings.data_dir / "recall",
+                                    new_index=_new_index, load_index=_load_index)
+        self._states: OrderedDict[int, _Cached] = OrderedDict()
+        self._cached_states = cached_states
+        self._states_lock = threading.Lock()
+        self._tickets: list[Ticket] = []
+        self._tickets_lock = threading.Lock()
+
+    # --- models ----------------------------------------------------------------------------------
+    def served(self, model: str | None = None) -> ServedModel:
+        return self.registry.get(model)  # type: ignore[arg-type]
+
+    # --- sessions --------------------------------------------------------------------------------
+    def list_sessions(self, limit: int = 50) -> list[SessionInfo]:
+        return self.store.list_sessions(limit=limit)
+
+    def create_session(self, title: str = "New chat", collection: str | None = None) -> SessionInfo:
+        if collection:
+            self.retrieval.get_collection(collection)  # a clear error for a name that does not exist
+        return self.store.create(title, collection=collection, system_prompt=DEFAULT_SYSTEM_PROMPT)
+
+    def rename_session(self, session_id: int, title: str) -> SessionInfo:
+        return self.store.rename(session_id, title)
+
+    def set_collection(self, session_id: int, collection: str | None) -> SessionInfo:
+        """Which collection the session's questions search (None: none). Not part of the transcript, so
+        the session's version (and its saved state) stay as they are."""
+        from sqlalchemy import update
+
+        from memory.db import make_sessionmaker
+        from memory.models import ChatSession
+
+        if collection:
+            self.retrieval.get_collection(collection)
+        self.store.get(session_id)
+        with make_sessionmaker(self.store.engine).begin() as db:
+            db.execute(update(ChatSession).where(ChatSession.id == session_id).values(collection=collection or None))
+        return self.store.get(session_id)
+
+    def delete_session(self, session_id: int) -> None:
+        self.cancel(session_id)
+        self.store.delete(session_id)
+        self.recall.forget(session_id)
+        with self._states_lock:
+            self._states.pop(session_id, None)
+
+    def export_session(self, session_id: int, folder: Path, fmt: str = "json") -> Path:
+        """Write the transcript to `folder` as JSON (re-importable) or Markdown (readable)."""
+        import json
+        import re
+
+        info = self.store.get(session_id)
+        stem = re.sub(r"[^A-Za-z0-9_-]+", "-", info.title).strip("-")[:60] or "session"
+        folder.mkdir(parents=True, exist_ok=True)
+        if fmt == "markdown":
+            path = folder / f"{stem}-{session_id}.md"
+            path.write_text(self.store.export_markdown(session_id), encoding="utf-8")
+        elif fmt == "json":
+            path = folder / f"{stem}-{session_id}.json"
+            path.write_text(json.dumps(self.store.export_json(session_id), indent=1, ensure_ascii=False),
+                            encoding="utf-8")
+        else:
+            raise ValueError(f"Unknown export format {fmt!r}; use json or markdown.")
+        return path
+
+    def import_session(self, data: str | bytes) -> SessionInfo:
+        return self.store.import_json(data)
+
+    def open_session(self, session_id: int, model: str | None = None) -> SessionView:
+        """The transcript and the state (from its snapshot, or rebuilt) ready in the engine's cache."""
+        served = self.served(model)
+        loaded: LoadedSession | None = None
+
+        def job(ticket: Ticket) -> Iterator[None]:
+            nonlocal loaded
+            loaded = self._load(session_id, served)
+            yield None
+
+        self.registry.scheduler.run(job, key=_key(session_id))
+        assert loaded is not None
+        return SessionView(loaded.info, loaded.messages, loaded.notice, loaded.state.num_tokens, loaded.state.nbytes,
+                           loaded.replayed_tokens)
+
+    def messages(self, session_id: int) -> list[ChatMessage]:
+        return self.store.messages(session_id)
+
+    def _load(self, session_id: int, served: ServedModel) -> LoadedSession:
+        """Runs on the model queue. Uses the cached state while the session's version is unchanged."""
+        model = served.model
+        info = self.store.get(session_id)
+        with self._states_lock:
+            cached = self._states.get(session_id)
+            if cached and cached.version == info.version and cached.fingerprint == model.fingerprint:
+                self._states.move_to_end(session_id)
+                return LoadedSession(info, self.store.messages(session_id), cached.state)
+        loaded = self.store.load(session_id, model, progress=False)
+        self._remember(session_id, model.fingerprint, loaded.version, loaded.state)
+        return loaded
+
+    def _remember(self, session_id: int, fingerprint: str, version: int, state: Any) -> None:
+        with self._states_lock:
+            self._states[session_id] = _Cached(fingerprint, version, state)
+            self._states.move_to_end(session_id)
+            while len(self._states) > self._cached_states:
+                self._states.popitem(last=False)
+
+    def _forget_state(self, session_id: int) -> None:
+        with self._states_lock:
+            self._states.pop(session_id, None)
+
+    # --- collections -----------------------------------------------------------------------------
+    def list_collections(self) -> list[Any]:
+        return self.retrieval.list_collections()
+
+    def index_folder(self, folder: str, name: str | None = None, progress: Any = None) -> Any:
+        """Create (or refresh) a collection over a folder inside the allowed roots, and index it."""
+        from app.chat.folders import allowed_folder
+
+        path = allowed_folder(folder, self.settings.roots)
+        name = (name or "").strip() or path.name or "root"
+        try:
+            info = self.retrieval.get_collection(name)
+            if [str(path)] != info.roots:
+                raise ValueError(f"A collection named {name!r} already indexes {', '.join(info.roots)}; "
+                                 "choose another name for this folder.")
+        except CollectionNotFoundError:
+            self.retrieval.create_collection(name, [path])
+        return self.retrieval.index(name, progress=progress)
+
+    def delete_collection(self, name: str) -> None:
+        self.retrieval.delete_collection(name)
+
+    # --- chat turns ------------------------------------------------------------------------------
+    def check_message(self, message: str, served: ServedModel) -> str:
+        """The message to send, or `TurnRefused` saying why not (before anything is queued)."""
+        if not isinstance(message, str) or not message.strip():
+            raise TurnRefused("The message is empty; type a question first.")
+        if len(message) > MAX_MESSAGE_CHARS:
+            raise TurnRefused(f"The message has {len(message):,} characters; one message can have at most "
+                              f"{MAX_MESSAGE_CHARS:,}. Shorten it, or index the text as a collection and ask "
+                              "about it. Nothing was sent.")
+        tokens = len(served.model.tokenizer.encode(message))
+        if tokens > MAX_MESSAGE_TOKENS:
+            raise TurnRefused(f"The message is {tokens:,} tokens long; one message can have at most "
+                              f"{MAX_MESSAGE_TOKENS:,}. Shorten it or split it. Nothing was sent.")
+        return message.strip()
+
+    def ask(self, session_id: int, message: str, options: TurnOptions | None = None) -> Ticket:
+        """Queue a turn; iterate the ticket for its events. `TurnRefused` for bad input, at once."""
+        options = options or TurnOptions()
+        served = self.served(options.model)
+        message = self.check_message(message, served)
+        info = self.store.get(session_id)  # SessionNotFoundError for a deleted session
+        if info.collection:
+            try:
+                self.retrieval.get_collection(info.collection)
+            except CollectionNotFoundError:
+                raise TurnRefused(f"This session searches the collection {info.collection!r}, which was deleted. "
+                                  "Pick another collection (or none) for it. Nothing was sent.") from None
+        started = time.perf_counter()
+        ticket = self.registry.scheduler.submit(
+            lambda t: self._turn(t, session_id, message, options, served, started), key=_key(session_id))
+        with self._tickets_lock:
+            self._tickets = [t for t in self._tickets if not t.done] + [ticket]
+        return ticket
+
+    def cancel(self, session_id: int) -> int:
+        """Stop the session's running or waiting turns; the number of turns stopped."""
+        with self._tickets_lock:
+            mine = [t for t in self._tickets if t.key == _key(session_id) and not t.done]
+        for ticket in mine:
+            ticket.cancel()
+        return len(mine)
+
+    def _retrieve(self, info: SessionInfo, message: str, messages: list[ChatMessage], options: TurnOptions
+                  ) -> tuple[list[Source], list[Recollection]]:
+        sources: list[Source] = []
+        if info.collection and options.top_k:
+            query = search_query(message, messages)
+            try:
+                hits = self.retrieval.search(info.collection, query, k=options.top_k)
+            except CollectionNotFoundError:
+                raise TurnRefused(f"This session searches the collection {info.collection!r}, which was deleted. "
+                                  "Pick another collection (or none) for it. Nothing was stored.") from None
+            sources = [Source(h.citation, h.path, h.start_line, h.end_line, h.text, h.score, h.language)
+                       for h in hits]
+        recalled: list[Recollection] = []
+        older = len(messages) - RECENT_MESSAGES
+        if options.recall_k and older > 0:
+            found = self.recall.recall(info.id, message, k=options.recall_k + RECENT_MESSAGES)
+            recalled = [Recollection(p.role, p.text) for p in found if p.ordinal < older][: options.recall_k]
+        return sources, recalled
+
+    def _turn(self, ticket: Ticket, session_id: int, message: str, options: TurnOptions, served: ServedModel,
+              started: float) -> Iterator[Any]:
+        """The turn itself, on the model queue: one yield per bounded piece of work."""
+        from backbone.generate import SamplingConfig
+
+        model = served.model
+        loaded = self._load(session_id, served)
+        yield None
+        sources, recalled = self._retrieve(loaded.info, message, loaded.messages, options)
+        room = None if model.max_context is None else model.max_context - loaded.state.num_tokens - CONTEXT_MARGIN
+        budget = options.source_tokens
+        prompt = build_prompt(model.tokenizer, message, sources, recalled, loaded.info.collection, budget)
+        while room is not None and len(prompt.ids) + options.max_new_tokens > room and prompt.sources:
+            budget //= 2  # make room: fewer passages before refusing the turn
+            prompt = build_prompt(model.tokenizer, message, sources if budget >= 64 else [], recalled,
+                                  loaded.info.collection, max(budget, 64))
+        if room is not None and len(prompt.ids) + options.max_new_tokens > room:
+            raise TurnRefused(
+                f"This conversation has used {loaded.state.num_tokens:,} of the {served.name}'s "
+                f"{model.max_context:,}-token context; this question and its answer do not fit. Start a new "
+                "session, or lower the answer length. Nothing was stored.")
+        yield Retrieved(prompt.sources, recalled, len(prompt.ids))
+
+        fork = loaded.state.clone()
+        sampling = SamplingConfig(max_new_tokens=options.max_new_tokens, temperature=options.temperature)
+        steps = generation_steps(model, prompt.ids, fork, sampling, ticket)
+        first_token_s = None
+        while True:
+            try:
+                piece = next(steps)
+            except StopIteration as stop:
+                answer: Answer = stop.value
+                break
+            if piece.text and first_token_s is None:
+                first_token_s = time.perf_counter() - started
+            yield piece
+        del fork
+
+        text = answer.text.strip()
+        if answer.stop_reason == "cancelled":
+            if not text:  # stopped before any word: nothing worth keeping
+                return TurnResult(loaded.info, message, "", [], "cancelled", served.label, len(prompt.ids), 0,
+                                  first_token_s, time.perf_counter() - started, loaded.state.num_tokens,
+                                  loaded.state.nbytes, "Stopped before the answer began; nothing was stored.")
+            text += STOPPED_NOTE
+        citations = [s.to_dict() for s in prompt.sources]
+        info, state, notice = self._commit(session_id, loaded, served, message, text, citations)
+        return TurnResult(info, message, text, prompt.sources, answer.stop_reason, served.label, len(prompt.ids),
+                          answer.generated_tokens, first_token_s, time.perf_counter() - started,
+                          state.num_tokens, state.nbytes, notice)
+
+    def _commit(self, session_id: int, loaded: LoadedSession, served: ServedModel, message: str, answer: str,
+                citations: list[dict[str, Any]]) -> tuple[SessionInfo, Any, str | None]:
+        """Read the turn into the persistent state and store both; once more on a fresh load on conflict."""
+        model = served.model
+        turn = [ChatMessage("user", message), ChatMessage("assistant", answer)]
+        notice = None
+        for attempt in range(2):
+            state = loaded.state
+            self._forget_state(session_id)  # the cached state changes now; it is cached again once stored
+            feed(model, state, turn)
+            try:
+                info = self.store.append_turn(session_id, message, answer, state, model_fingerprint=model.fingerprint,
+                                              expected_version=loaded.version, citations=citations)
+            except SessionConflictError:
+                if attempt:
+                    raise
+                notice = ("This session changed elsewhere (another tab or program) while answering; the answer "
+                          "was added after those changes.")
+                log.info("session %d: %s", session_id, notice)
+                loaded = self.store.load(session_id, model, progress=False)
+                continue
+            self._remember(session_id, model.fingerprint, info.version, state)
+            return info, state, notice
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        """Stop every turn of this engine (the shared model queue itself stays up)."""
+        with self._tickets_lock:
+            for ticket in self._tickets:
+                ticket.cancel()
+
+
+def _key(session_id: int) -> str:
+    return f"session-{session_id}"
+
+
+def search_query(message: str, messages: list[ChatMessage], short: int = 12) -> str:
+    """The retrieval query: the message, plus the previous question when the message is a short follow-up
+    ("and its tests?") that means little on its own."""
+    if len(message.split()) >= short:
+        return message
+    previous = next((m.text for m in reversed(messages) if m.role == "user"), None)
+    return f"{message}\n{previous[:300]}" if previous else message
+
+
+def _new_index(dim: int) -> Any:
+    from retrieval.vector_index import VectorIndex
+
+    return VectorIndex(dim)
+
+
+def _load_index(path: Path) -> Any:
+    from retrieval.vector_index import VectorIndex
+
+    return VectorIndex.load(path)
+
+
+__all__ = ["USER_ERRORS", "ChatEngine", "Piece", "Retrieved", "TurnOptions", "TurnRefused", "TurnResult"]
