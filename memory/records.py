@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -66,7 +66,7 @@ class LoadedSession:
     state: ModelState
     replayed_tokens: int = 0
     notice: str | None = None
-    restored_from: int | None = field(default=None)  # ordinal of the snapshot used, None if none
+    restored_from: int | None = None  # ordinal of the snapshot used, None if none
 
     @property
     def version(self) -> int:
