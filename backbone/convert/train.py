@@ -48,6 +48,7 @@ def train(stage: str, params: dict[str, nn.Parameter], loss_fn: LossFn, sampler:
           log_every: int = 10, config: dict | None = None, stop_step: int | None = None) -> Progress:
     """Train `params` on `loss_fn` until `schedule.total_steps` (or `stop_step`, or `max_seconds`),
     checkpointing into `folder`."""
+    device = next(iter(params.values())).device
     optimizer = torch.optim.AdamW(params.values(), lr=schedule.lr, weight_decay=schedule.weight_decay)
     progress = Progress(stage=stage, seed=sampler.seed, config=config or {})
     if (folder / "progress.json").exists() or folder.with_name(folder.name + ".old").exists():
@@ -56,7 +57,7 @@ def train(stage: str, params: dict[str, nn.Parameter], loss_fn: LossFn, sampler:
             raise ValueError(f"{folder} holds a {progress.stage!r} checkpoint, not {stage!r}")
         with torch.no_grad():
             for name, value in saved.items():
-                params[name].copy_(value)
+                params[name].copy_(value.to(device))
         if opt_state is not None:
             optimizer.load_state_dict(opt_state["optimizer"])
         log.info("resuming %s at step %d (%d tokens, %.0f s so far)", stage, progress.step, progress.tokens,
@@ -70,7 +71,7 @@ def train(stage: str, params: dict[str, nn.Parameter], loss_fn: LossFn, sampler:
             step_started = time.monotonic()
             for group in optimizer.param_groups:
                 group["lr"] = schedule.rate(progress.step)
-            batch = sampler.batch(progress.step)
+            batch = sampler.batch(progress.step).to(device)
             loss, parts = loss_fn(batch)
             loss.backward()
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params.values(), schedule.clip_norm))
