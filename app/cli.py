@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -164,6 +165,81 @@ def convert(
                              max_seconds=max_minutes * 60, checkpoint_seconds=checkpoint_minutes * 60)
     console.print(f"{stage}: step {progress['step']}/{recipe.steps}, {progress['tokens']:,} tokens, "
                   f"{progress['seconds']:.0f} s of training")
+
+
+@cli.command()
+def index(
+    path: Annotated[Path, typer.Argument(help="Folder to index (a repository or a folder of documents).")],
+    collection: str | None = typer.Option(None, "--collection", "-c", help="Collection name (default: folder name)."),
+    ignore: Annotated[list[str] | None,
+                      typer.Option("--ignore", "-i", help="Extra gitignore pattern (repeatable).")] = None,
+    watch: bool = typer.Option(False, "--watch", "-w", help="Keep running; re-index whenever files change."),
+    max_file_mb: float | None = typer.Option(None, help="Skip files larger than this (default 2 MiB, 64 for PDFs)."),
+) -> None:
+    """Index a folder into a collection (only new and changed files cost time), with progress."""
+    from app.retrieval_cli import ensure_collection, open_retrieval, print_report, progress_bar
+
+    name = collection or path.expanduser().resolve().name
+    retrieval = open_retrieval(get_settings(), max_file_mb)
+    try:
+        ensure_collection(retrieval, name, path, ignore or [])
+        if watch:
+            from retrieval.watch import watch_collection
+
+            console.print(f"Watching {path} for changes (Ctrl-C stops).")
+            watch_collection(retrieval, name, lambda report: print_report(console, report),
+                             own_paths=[get_settings().data_dir])
+            return
+        with progress_bar(console) as update:
+            report = retrieval.index(name, progress=update)
+    except (ValueError, RuntimeError, NotADirectoryError) as exc:
+        console.print(f"[red]{exc}")
+        raise typer.Exit(2) from None
+    print_report(console, report)
+
+
+@cli.command()
+def search(
+    query: str = typer.Argument(..., help="A question or some words to look for."),
+    collection: str = typer.Option(..., "--collection", "-c", help="Collection to search."),
+    k: int = typer.Option(8, "-k", min=1, help="Number of hits."),
+    path_glob: str | None = typer.Option(None, "--path", help="Only paths matching this glob, e.g. 'src/*.py'."),
+    language: str | None = typer.Option(None, "--language", help="Only this language, e.g. python, markdown."),
+    mode: str = typer.Option("hybrid", help="hybrid, vector or bm25."),
+    lines: int = typer.Option(3, help="Lines of text shown under each hit."),
+) -> None:
+    """Search a collection; prints ranked hits as path:line."""
+    from app.retrieval_cli import open_retrieval, print_hits
+    from retrieval.service import CollectionNotFoundError
+
+    retrieval = open_retrieval(get_settings())
+    try:
+        print_hits(console, retrieval, collection, query, k, path_glob, language, mode, lines)
+    except (ValueError, CollectionNotFoundError) as exc:
+        console.print(f"[red]{exc}")
+        raise typer.Exit(2) from None
+
+
+@cli.command()
+def collections(delete: str | None = typer.Option(None, "--delete", help="Delete this collection's index.")) -> None:
+    """List the indexed collections (or delete one; the files themselves stay)."""
+    from app.retrieval_cli import open_retrieval
+    from retrieval.service import CollectionNotFoundError
+
+    retrieval = open_retrieval(get_settings())
+    if delete:
+        try:
+            retrieval.delete_collection(delete)
+        except CollectionNotFoundError as exc:
+            console.print(f"[red]{exc}")
+            raise typer.Exit(2) from None
+        console.print(f"Deleted collection {delete!r}.")
+        return
+    table = Table("name", "folders", "files", "chunks", "indexed at", title="Collections")
+    for info in retrieval.list_collections():
+        indexed = info.indexed_at.strftime("%Y-%m-%d %H:%M") if info.indexed_at else "never"
+        table.add_row(info.name, "\n".join(info.roots) or "(documents)", str(info.files), str(info.chunks), indexed)
+    console.print(table)
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ import numpy as np
 from bm25s.stopwords import STOPWORDS_EN
 
 log = logging.getLogger(__name__)
+logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build at DEBUG
 
 WORD = re.compile(r"[^\W_]+(?:_+[^\W_]+)*", re.UNICODE)
 PART = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")

@@ -122,7 +122,7 @@ class Crawler:
             return None
         if link and not target.is_relative_to(real_root):
             return Entry(number, rel, Path(entry.path), 0, st.st_mtime, None,
-                         f"symbolic link to {target}, outside the indexed folder")
+                         f"symbolic link outside the indexed folder (to {target})")
         if is_dir:
             key = (st.st_dev, st.st_ino)
             if key in seen:  # a loop, or a second way to the same folder: its files are indexed once
@@ -133,8 +133,9 @@ class Crawler:
             seen.add(key)
             return target
         if link:
+            own_path = target.relative_to(real_root).as_posix()
             return Entry(number, rel, Path(entry.path), st.st_size, st.st_mtime, None,
-                         f"symbolic link to {target.relative_to(real_root).as_posix()} (indexed there)")
+                         f"symbolic link to a file indexed under its own path ({own_path})")
         if not entry.is_file():
             return Entry(number, rel, Path(entry.path), 0, st.st_mtime, None, "not a regular file")
         return self._file(number, Path(entry.path), rel, st.st_size, st.st_mtime)

@@ -60,8 +60,10 @@ def default_device() -> str:
 def load_model(device: str):  # type: ignore[no-untyped-def]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as transformers_logging
 
     log.info("Loading %s on %s", MODEL_NAME, device)
+    transformers_logging.disable_progress_bar()
     return SentenceTransformer(str(model_path()), device=device, local_files_only=True)
 
 

@@ -113,6 +113,11 @@ class Retrieval:
             names = session.scalars(select(Collection.name).order_by(Collection.name)).all()
         return [self.get_collection(n) for n in names]
 
+    def set_ignore(self, name: str, ignore: Sequence[str]) -> None:
+        """Replace the collection's ignore patterns; the next `index` drops newly ignored files."""
+        with self.sessions.begin() as session:
+            self._row(session, name).ignore = list(ignore)
+
     def delete_collection(self, name: str) -> None:
         """Remove the collection, its catalog rows and its index files (the files on disk stay)."""
         with self.sessions.begin() as session:

@@ -77,7 +77,7 @@ CRAWL_SKIPS = {
     "outside": "outside the indexed folder",
     "dangling": "broken symbolic link",
     "pipe": "not a regular file",
-    "pkg/alias.py": "symbolic link to pkg/geometry.py",
+    "pkg/alias.py": "symbolic link to a file indexed under its own path (pkg/geometry.py)",
 }
 # Skipped once read.
 CONTENT_SKIPS = {"blob.dat": "binary file (contains NUL bytes)", "empty.py": "empty file"}
