@@ -88,49 +88,23 @@ def serve(
 
 @cli.command()
 def chat(
-    model: str = typer.Option("teacher", help="teacher or student."),
+    model: str | None = typer.Option(None, help="teacher or student (default from settings; the teacher serves "
+                                                "while the student is not trained)."),
+    collection: str | None = typer.Option(None, "--collection", "-c", help="Collection the questions search."),
+    session: int | None = typer.Option(None, "--session", "-s", help="Continue this session (default: a new one)."),
+    top_k: int = typer.Option(4, help="Passages retrieved per question."),
     max_new_tokens: int = typer.Option(256, help="Longest answer, in tokens."),
     temperature: float = typer.Option(0.0, help="0 answers greedily; higher values vary more."),
     top_p: float = typer.Option(1.0, help="Nucleus sampling mass, in (0, 1]."),
     seed: int | None = typer.Option(None, help="Makes sampled answers repeatable."),
 ) -> None:
-    """Chat with the model in the terminal (an empty line or Ctrl-D quits)."""
-    from backbone.generate import SamplingConfig
-    from backbone.loader import load_model
+    """Chat in the terminal, with the web app's sessions and collections (an empty line or Ctrl-D quits)."""
+    from app.chat.terminal import run
 
     settings = get_settings()
-    settings.ensure_dirs()
-    try:
-        sampling = SamplingConfig(max_new_tokens, temperature, top_p, seed)
-        lm = load_model(model, gguf_path=settings.model_path, student_path=settings.student_path,  # type: ignore[arg-type]
-                        cache_dir=settings.cache_dir, device=settings.resolved_device())
-    except (ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]{exc}")
-        raise typer.Exit(2) from None
-    tokenizer, state, finished_turn = lm.tokenizer, lm.new_state(), True
-    console.print(f"[dim]{model} ready. An empty line quits.")
-    while True:
-        try:
-            message = console.input("[bold]you> ").strip()
-        except (EOFError, KeyboardInterrupt):
-            break
-        if not message:
-            break
-        if state.num_tokens == 0:
-            prompt = tokenizer.render_chat([{"role": "user", "content": message}])
-        else:  # the state ends just after the previous answer, which the template closes like this
-            closing = "\n" if finished_turn else tokenizer.decode([tokenizer.end_of_turn_id]) + "\n"
-            prompt = closing + tokenizer.render_turn("user", message) + tokenizer.assistant_prefix
-        pieces = lm.stream(tokenizer.encode(prompt), state, sampling)
-        try:
-            while True:
-                console.print(next(pieces), end="", markup=False, highlight=False, soft_wrap=True)
-        except StopIteration as stop:
-            finished_turn = stop.value == "end_of_turn"
-        except ValueError as exc:
-            console.print(f"\n[red]{exc}")
-            continue
-        console.print()
+    options = {"top_k": top_k, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
+               "seed": seed}
+    raise typer.Exit(run(settings, console, model=model, collection=collection, session_id=session, options=options))
 
 
 @cli.command()

@@ -64,6 +64,8 @@ class TurnOptions:
     temperature: float = 0.0
     max_new_tokens: int = 256
     source_tokens: int = 1024
+    top_p: float = 1.0
+    seed: int | None = None
     model: str | None = None  # None: settings.model
 
     def __post_init__(self) -> None:
@@ -71,7 +73,9 @@ class TurnOptions:
                   (0 <= self.recall_k <= 10, "recall-k must be between 0 and 10"),
                   (0 <= self.temperature <= 2, "temperature must be between 0 and 2"),
                   (1 <= self.max_new_tokens <= 4096, "max answer tokens must be between 1 and 4096"),
-                  (64 <= self.source_tokens <= 6000, "the passage budget must be between 64 and 6000 tokens")]
+                  (64 <= self.source_tokens <= 6000, "the passage budget must be between 64 and 6000 tokens"),
+                  (0 < self.top_p <= 1, "top-p must be in (0, 1]"),
+                  (self.seed is None or self.seed >= 0, "the seed must be a whole number >= 0")]
         for ok, message in checks:
             if not ok:
                 raise TurnRefused(f"Invalid setting: {message}.")
@@ -128,12 +132,10 @@ class ChatEngine:
     def __init__(self, settings: Settings, *, registry: ModelRegistry | None = None,
                  retrieval: Retrieval | None = None, store: SessionStore | None = None,
                  cached_states: int = 8) -> None:
-        from app.database import open_database
-
         self.settings = settings
         settings.ensure_dirs()
         self.registry = registry or shared_registry(settings)
-        database = None if store is not None and retrieval is not None else open_database(settings.db_url)
+        database = None if store is not None and retrieval is not None else open_chat_database(settings.db_url)
         self.store = store or SessionStore(database)
         self.retrieval = retrieval or Retrieval(database, settings.indexes)
         self.recall = SessionRecall(self.store, self.retrieval.embedder, settings.data_dir / "recall",
@@ -353,7 +355,8 @@ class ChatEngine:
         yield Retrieved(prompt.sources, recalled, len(prompt.ids))
 
         fork = loaded.state.clone()
-        sampling = SamplingConfig(max_new_tokens=options.max_new_tokens, temperature=options.temperature)
+        sampling = SamplingConfig(max_new_tokens=options.max_new_tokens, temperature=options.temperature,
+                                  top_p=options.top_p, seed=options.seed)
         steps = generation_steps(model, prompt.ids, fork, sampling, ticket)
         first_token_s = None
         while True:
@@ -410,6 +413,27 @@ class ChatEngine:
         with self._tickets_lock:
             for ticket in self._tickets:
                 ticket.cancel()
+
+
+def open_chat_database(url: str) -> Any:
+    """The migrated database; an in-memory SQLite one (`sqlite://`, for a throwaway chat) is a single
+    connection shared by every thread, migrated on that connection, since each new one would be empty."""
+    from app.database import open_database
+
+    if url not in ("sqlite://", "sqlite:///:memory:"):
+        return open_database(url)
+    from alembic import command
+    from sqlalchemy.pool import StaticPool
+
+    from app.database import alembic_config
+    from memory.db import make_engine
+
+    database = make_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
+    with database.begin() as connection:
+        config = alembic_config(url)
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+    return database
 
 
 def _key(session_id: int) -> str:

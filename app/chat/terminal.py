@@ -1,0 +1,78 @@
+"""`rillet chat`: the chat engine in a terminal, with the web app's sessions and collections."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from app.chat.generation import Piece
+from app.chat.scheduler import Cancelled, Failed, Finished, Waiting
+from app.config import Settings
+
+
+def run(settings: Settings, console: Console, *, model: str | None, collection: str | None, session_id: int | None,
+        options: dict[str, object]) -> int:
+    """The read-answer loop; returns the exit code. Ctrl-C during an answer stops it (the part written is kept)."""
+    from app.chat.units import human_bytes
+    from app.engine import USER_ERRORS, ChatEngine, TurnOptions
+
+    engine = ChatEngine(settings)
+    try:
+        turn_options = TurnOptions(model=model, **options)  # type: ignore[arg-type]
+        served = engine.served(model)
+        if session_id is None:
+            info = engine.create_session("Terminal chat", collection)
+        else:
+            info = engine.store.get(session_id)
+            if collection is not None:
+                info = engine.set_collection(session_id, collection or None)
+        view = engine.open_session(info.id, model)
+    except USER_ERRORS as exc:
+        console.print(f"[red]{exc}")
+        return 2
+    if served.note:
+        console.print(f"[yellow]{served.note}")
+    for message in view.messages[-4:]:
+        if message.role != "system":
+            console.print(f"[dim]{'you' if message.role == 'user' else 'rillet'}> {message.text}")
+    console.print(f"[dim]Session {info.id} “{info.title}” · {served.label} on {served.device} · "
+                  f"{view.state_tokens:,} tokens, state {human_bytes(view.state_bytes)} · "
+                  f"collection {view.info.collection or '(none)'}. Ctrl-C stops an answer; an empty line quits.")
+    while True:
+        try:
+            message = console.input("[bold]you> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            break
+        if not message:
+            break
+        try:
+            ticket = engine.ask(info.id, message, turn_options)
+        except USER_ERRORS as exc:
+            console.print(f"[red]{exc}")
+            continue
+        console.print("[bold]rillet> ", end="")
+        events = iter(ticket)
+        while True:
+            try:
+                event = next(events)
+            except KeyboardInterrupt:
+                ticket.cancel()
+                continue
+            except StopIteration:
+                break
+            if isinstance(event, Piece):
+                console.print(event.text, end="", markup=False, highlight=False, soft_wrap=True)
+            elif isinstance(event, Waiting):
+                console.print(f"[dim](waiting: {event.ahead + 1} ahead) ", end="")
+            elif isinstance(event, Finished):
+                result = event.result
+                console.print(" [dim](stopped)" if result.stop_reason == "cancelled" else "")
+                if result.citations:
+                    console.print("[dim]sources: " + ", ".join(c.citation for c in result.citations))
+                if result.notice:
+                    console.print(f"[yellow]{result.notice}")
+            elif isinstance(event, Failed):
+                console.print(f"\n[red]{event.error}")
+            elif isinstance(event, Cancelled):
+                console.print("\n[yellow]Cancelled before it started; nothing was stored.")
+    console.print(f"[dim]Session {info.id} saved; `rillet chat --session {info.id}` continues it.")
+    return 0
