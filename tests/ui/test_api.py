@@ -1,0 +1,80 @@
+"""The web app's API driven by gradio_client: index, create a session, stream an answer, reload, bad input."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+
+from tests.ui.conftest import Server, free_port
+
+
+@pytest.fixture(scope="module")
+def client(server: Server) -> Client:
+    return Client(server.url, verbose=False)
+
+
+@pytest.mark.slow
+def test_index_ask_stream_and_reload(server: Server, client: Client) -> None:
+    report = client.predict(folder=str(server.folders / "kettle"), name="kettle-api", api_name="/index_folder")
+    assert report["collection"] == "kettle-api" and report["files"] == 4 and report["failed"] == 0
+    assert "kettle-api" in [c["name"] for c in client.predict(api_name="/list_collections")]
+
+    session = client.predict(title="API chat", collection="kettle-api", api_name="/create_session")
+    job = client.submit(session_id=session["id"], message="Which port does the Kettle web service listen on?",
+                        max_new_tokens=16, api_name="/ask")
+    updates = list(job)
+    partial = [u["text"] for u in updates if not u["done"] and u["text"]]
+    final = updates[-1]
+    assert final["done"] and final["stop_reason"] in ("end_of_turn", "max_new_tokens")
+    assert len(partial) >= 3 and all(b.startswith(a) for a, b in itertools.pairwise(partial))
+    assert final["text"].startswith(partial[-1].strip()[:10]) and "8431" in final["text"]
+    assert final["citations"][0]["file"] == "docs/deploy.md"
+    assert 0 < final["first_token_s"] <= final["seconds"]
+
+    reloaded = Client(server.url, verbose=False)  # a new page load / another client
+    assert session["id"] in [s["id"] for s in reloaded.predict(api_name="/list_sessions")]
+    loaded = reloaded.predict(session_id=session["id"], api_name="/load_session")
+    assert [m["role"] for m in loaded["messages"]] == ["user", "assistant"]
+    assert loaded["messages"][1]["text"] == final["text"]
+    assert loaded["messages"][1]["citations"][0]["citation"] == final["citations"][0]["citation"]
+    assert loaded["state_tokens"] == final["state_tokens"] and loaded["notice"] is None
+
+
+def test_bad_input_gets_a_clear_error_and_nothing_is_stored(server: Server, client: Client) -> None:
+    session = client.predict(title="Bad input", collection="", api_name="/create_session")
+    for message, expected in [("", "empty"), ("x" * 100_000, "100,000 characters")]:
+        with pytest.raises(AppError, match=expected):
+            client.predict(session_id=session["id"], message=message, api_name="/ask")
+    with pytest.raises(AppError, match="outside the folders"):
+        client.predict(folder="/etc", name="etc", api_name="/index_folder")
+    with pytest.raises(AppError, match="outside the folders"):
+        client.predict(folder=f"{server.folders}/kettle/../..", name="up", api_name="/index_folder")
+    with pytest.raises(AppError, match="No collection named"):
+        client.predict(title="x", collection="missing", api_name="/create_session")
+    assert client.predict(session_id=session["id"], api_name="/load_session")["messages"] == []
+    client.predict(session_id=session["id"], api_name="/delete_session")
+    with pytest.raises(AppError, match="does not exist"):
+        client.predict(session_id=session["id"], message="Still there?", api_name="/ask")
+
+
+def test_auth_keeps_strangers_out(server: Server) -> None:
+    from ui.server import launch, parse_auth
+
+    assert parse_auth("ada:s3:cret") == ("ada", "s3:cret")
+    for bad in ("ada", ":pw", "ada:"):
+        with pytest.raises(ValueError, match="user:password"):
+            parse_auth(bad)
+    port = free_port()
+    demo = launch(server.engine, "127.0.0.1", port, auth="ada:s3cret", block=False)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        with pytest.raises(Exception):  # noqa: B017 (the client fails in its own way without login)
+            Client(url, verbose=False).predict(api_name="/list_sessions")
+        with pytest.raises(Exception):  # noqa: B017
+            Client(url, auth=("ada", "wrong"), verbose=False)
+        assert isinstance(Client(url, auth=("ada", "s3cret"), verbose=False).predict(api_name="/list_sessions"), list)
+    finally:
+        demo.close()

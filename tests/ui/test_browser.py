@@ -1,0 +1,93 @@
+"""End to end in a real headless Chromium (Debian's, driven by Playwright): index a folder, ask, watch the
+answer stream in with its citation, reload, find the session. Leaves test-artifacts/ui-chat.png."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.ui.conftest import Server
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium() -> str | None:
+    """Debian's Chromium; installed by scripts/ensure-test-tools.sh (apt) when missing, never downloaded."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        subprocess.run(["bash", str(REPO / "scripts" / "ensure-test-tools.sh")], check=False, timeout=600)
+        found = shutil.which("chromium") or shutil.which("chromium-browser")
+    return found
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    executable = chromium()
+    if executable is None:
+        pytest.skip("Chromium is not installed and could not be installed (needs root and Debian's apt); "
+                    "run scripts/ensure-test-tools.sh as root")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()
+
+
+def field(page: Any, elem_id: str) -> Any:
+    return page.locator(f"#{elem_id} textarea, #{elem_id} input").first
+
+
+@pytest.mark.slow
+def test_index_ask_see_the_streamed_cited_answer_and_find_it_after_a_reload(server: Server, browser: Any) -> None:
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(server.url)
+    expect(page.locator("#rillet-chat")).to_be_visible(timeout=30_000)
+    assert "Rillet" in page.title()
+
+    page.click("#rillet-index >> text=Index a folder")
+    field(page, "rillet-folder").fill("/etc")
+    page.click("#rillet-index-btn")
+    expect(page.locator("#rillet-index-status")).to_contain_text("outside the folders", timeout=20_000)
+    field(page, "rillet-folder").fill(str(server.folders / "kettle"))
+    field(page, "rillet-collection-name").fill("kettle-ui")
+    page.click("#rillet-index-btn")
+    expect(page.locator("#rillet-index-status")).to_contain_text("Indexed", timeout=60_000)
+    expect(page.locator("#rillet-collection input")).to_have_value(re.compile("kettle-ui"))
+
+    page.click("#rillet-settings >> text=Settings")
+    page.locator("#rillet-settings input[type=number]").nth(2).fill("24")  # longest answer, in tokens
+    page.locator("#rillet-settings input[type=number]").nth(2).press("Enter")
+    question = "Which port does the Kettle web service listen on?"
+    field(page, "rillet-message").fill(question)
+    page.click("#rillet-send")
+    chat = page.locator("#rillet-chat")
+    expect(chat).to_contain_text("The", timeout=60_000)
+    partial = chat.inner_text()
+    expect(chat).to_contain_text("Sources", timeout=60_000)
+    assert "Sources" not in partial  # seen before it was finished: streamed
+    expect(chat).to_contain_text("8431")
+    expect(chat).to_contain_text("docs/deploy.md:1-")
+    chat.locator("summary", has_text="docs/deploy.md").first.click()
+    expect(chat).to_contain_text("Put it behind the shop's reverse proxy")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "ui-chat.png"), full_page=True)
+
+    page.reload()
+    expect(page.locator("#rillet-sessions")).to_contain_text("Which port does the Kettle web", timeout=30_000)
+    expect(page.locator("#rillet-chat")).to_contain_text("8431", timeout=30_000)
+    time.sleep(0.5)
+    page.screenshot(path=str(ARTIFACTS / "ui-reloaded.png"), full_page=True)
+    page.close()

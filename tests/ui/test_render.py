@@ -1,0 +1,48 @@
+"""What the page shows, as text: sources under answers, the status line, indexing progress and summary."""
+
+from __future__ import annotations
+
+from app.chat.units import human_bytes
+from memory.records import ChatMessage
+from retrieval.indexer import IndexReport, Progress
+from ui import render
+
+
+def test_sources_expand_to_their_snippet_and_survive_backticks_and_html() -> None:
+    tricky = "x = '```'\n<script>alert(1)</script>\n````\nend"
+    block = render.citation_block([{"citation": "src/a<b>.py:3-9", "path": "src/a<b>.py", "text": tricky,
+                                    "language": "python"}])
+    assert "<summary><code>src/a&lt;b&gt;.py:3-9</code></summary>" in block
+    fence = "`````"  # longer than the longest run of backticks inside (4)
+    assert f"{fence}python\n{tricky}\n{fence}" in block
+    assert render.citation_block([]) == ""
+
+
+def test_chat_history_shows_user_and_assistant_turns_with_sources() -> None:
+    messages = [ChatMessage("system", "be brief"), ChatMessage("user", "where?"),
+                ChatMessage("assistant", "here", [{"citation": "a.py:1-2", "text": "pass"}]),
+                ChatMessage("assistant", "no sources")]
+    history = render.chat_history(messages)
+    assert [m["role"] for m in history] == ["user", "assistant", "assistant"]
+    assert history[1]["content"].startswith("here\n\n**Sources**") and "a.py:1-2" in history[1]["content"]
+    assert history[2]["content"] == "no sources"
+
+
+def test_status_line_and_sizes() -> None:
+    line = render.status_line("teacher (instead of student)", "cpu", 1234, 3 * 1024 * 1024, 8192, "not trained")
+    assert "teacher (instead of student)" in line and "1,234 tokens of 8,192" in line and "3.0 MB" in line
+    assert "not trained" in line
+    assert "of" not in render.status_line("student", "cuda", 5, 10, None).split("**Session**")[1].split("·")[0]
+    assert [human_bytes(n) for n in (0, 1023, 1536, 5 * 1024**3)] == ["0 B", "1023 B", "1.5 KB", "5.0 GB"]
+
+
+def test_progress_and_summary() -> None:
+    progress = Progress(stage="index", files_done=5, files_total=10, chunks=40, embedded=30, elapsed_s=3.0, eta_s=12.4)
+    line = render.progress_line(progress)
+    assert "█" * 10 + "░" * 10 in line and "5/10 files" in line and "about 12 s left" in line
+    report = IndexReport(collection="docs", seconds=3.25, files_total=12, indexed=10, unchanged=1, removed=1,
+                         chunks_total=50, chunks_added=48, chunks_removed=2, failed=[("bad.pdf", "damaged")],
+                         skipped=[("a.bin", "binary"), ("b.bin", "binary"), ("big.txt", "too large (3 MB)")])
+    summary = render.index_summary(report)
+    assert "**Indexed `docs`** in 3.2 s: 12 files" in summary
+    assert "Skipped 3 files: 2 binary, 1 too large." in summary and "`bad.pdf`: damaged" in summary

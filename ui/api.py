@@ -1,0 +1,122 @@
+"""The programmatic API of the web app (gradio_client, curl): sessions, collections and streamed answers.
+
+    from gradio_client import Client
+    client = Client("http://127.0.0.1:7860/")
+    session = client.predict(title="Notes", collection="rillet", api_name="/create_session")
+    for update in client.submit(session_id=session["id"], message="Where is the config?", api_name="/ask"):
+        print(update["text"])  # the last update has done=True, citations (citation, file, lines, text), timings
+
+Errors reach the client as `gradio_client.exceptions.AppError` carrying the same message the page shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import gradio as gr
+
+from app.chat.generation import Piece
+from app.chat.scheduler import Cancelled, Failed, Finished, Waiting
+from app.engine import USER_ERRORS, ChatEngine, Retrieved, TurnOptions
+
+
+def _citation(c: dict[str, Any]) -> dict[str, Any]:
+    """A citation for the wire. `path` becomes `file`: gradio_client would take a dict with a "path" for
+    a file to download."""
+    return {("file" if key == "path" else key): value for key, value in c.items()}
+
+
+def _session(info: Any) -> dict[str, Any]:
+    return {"id": info.id, "title": info.title, "collection": info.collection, "messages": info.message_count,
+            "tokens": info.token_count, "updated_at": info.updated_at.isoformat()}
+
+
+def add_api(engine: ChatEngine) -> None:
+    """Register the endpoints on the Blocks being built."""
+
+    def guard(call: Any) -> Any:
+        try:
+            return call()
+        except USER_ERRORS as exc:
+            raise gr.Error(str(exc)) from None
+
+    def list_sessions() -> list[dict[str, Any]]:
+        """Sessions, most recently changed first."""
+        return [_session(s) for s in engine.list_sessions()]
+
+    def create_session(title: str = "New chat", collection: str = "") -> dict[str, Any]:
+        """A new session searching `collection` ("" for none)."""
+        return guard(lambda: _session(engine.create_session(title, collection or None)))
+
+    def load_session(session_id: int) -> dict[str, Any]:
+        """A session with its messages and citations, its state loaded and ready."""
+        view = guard(lambda: engine.open_session(int(session_id)))
+        return {**_session(view.info), "notice": view.notice, "state_tokens": view.state_tokens,
+                "state_bytes": view.state_bytes,
+                "messages": [{"role": m.role, "text": m.text, "citations": [_citation(c) for c in m.citations or []]}
+                             for m in view.messages if m.role != "system"]}
+
+    def rename_session(session_id: int, title: str) -> dict[str, Any]:
+        return guard(lambda: _session(engine.rename_session(int(session_id), title)))
+
+    def delete_session(session_id: int) -> bool:
+        guard(lambda: engine.delete_session(int(session_id)))
+        return True
+
+    def list_collections() -> list[dict[str, Any]]:
+        return [{"name": c.name, "roots": c.roots, "files": c.files, "chunks": c.chunks}
+                for c in engine.list_collections()]
+
+    def index_folder(folder: str, name: str = "") -> dict[str, Any]:
+        """Index a folder inside the allowed roots into collection `name` (default: the folder's name)."""
+        report = guard(lambda: engine.index_folder(folder, name or None))
+        return {"collection": report.collection, "files": report.files_total, "indexed": report.indexed,
+                "chunks": report.chunks_total, "skipped": len(report.skipped), "failed": len(report.failed),
+                "seconds": round(report.seconds, 2)}
+
+    def cancel(session_id: int) -> int:
+        """Stop the session's answer in progress; the number of turns stopped."""
+        return engine.cancel(int(session_id))
+
+    def ask(session_id: int, message: str, top_k: int = 4, temperature: float = 0.0, max_new_tokens: int = 256,
+            model: str = "") -> Iterator[dict[str, Any]]:
+        """Stream an answer: updates carry the text so far; the last has `done`, citations and timings."""
+        options = guard(lambda: TurnOptions(top_k=int(top_k), temperature=float(temperature),
+                                            max_new_tokens=int(max_new_tokens), model=model or None))
+        ticket = guard(lambda: engine.ask(int(session_id), message, options))
+        text, waiting = "", None
+        try:
+            for event in ticket:
+                if isinstance(event, Waiting):
+                    waiting = event.ahead + 1
+                elif isinstance(event, Retrieved):
+                    yield {"text": "", "done": False, "waiting": None, "sources": [s.citation for s in event.sources]}
+                    continue
+                elif isinstance(event, Piece) and event.text:
+                    text += event.text
+                elif isinstance(event, Finished):
+                    r = event.result
+                    yield {"text": r.answer, "done": True, "stop_reason": r.stop_reason, "model": r.model,
+                           "citations": [_citation(c.to_dict()) for c in r.citations],
+                           "prompt_tokens": r.prompt_tokens,
+                           "answer_tokens": r.answer_tokens, "first_token_s": r.first_token_s,
+                           "seconds": r.seconds, "state_tokens": r.state_tokens, "notice": r.notice}
+                    return
+                elif isinstance(event, Failed):
+                    raise gr.Error(str(event.error) if isinstance(event.error, USER_ERRORS)
+                                   else f"The answer failed: {event.error}")
+                elif isinstance(event, Cancelled):
+                    raise gr.Error("The turn was cancelled before it started; nothing was stored.")
+                else:
+                    continue
+                yield {"text": text, "done": False, "waiting": waiting}
+        finally:
+            if not ticket.done:
+                ticket.cancel()  # the client went away: stop, keeping what was written
+
+    for fn in (list_sessions, create_session, load_session, rename_session, delete_session, list_collections,
+               cancel):
+        gr.api(fn, api_name=fn.__name__, concurrency_limit=None)
+    gr.api(index_folder, api_name="index_folder", concurrency_limit=1, concurrency_id="index")
+    gr.api(ask, api_name="ask", concurrency_limit=None)

@@ -1,0 +1,95 @@
+"""Text the page shows: chat messages with their sources, the status line, indexing progress and summary.
+
+Pure functions of plain values, so they are tested without a browser.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from typing import Any
+
+from app.chat.units import human_bytes
+
+LANGUAGE_HINTS = {"python": "python", "markdown": "markdown", "javascript": "javascript", "typescript": "typescript",
+                  "rust": "rust", "go": "go", "java": "java", "c": "c", "cpp": "cpp", "bash": "bash", "toml": "toml",
+                  "yaml": "yaml", "json": "json", "sql": "sql", "html": "html", "css": "css"}
+SNIPPET_CHARS = 4000
+
+
+def _fence(text: str) -> str:
+    """A code fence longer than any run of backticks inside the text."""
+    longest = run = 0
+    for char in text:
+        run = run + 1 if char == "`" else 0
+        longest = max(longest, run)
+    return "`" * max(3, longest + 1)
+
+
+def citation_block(citations: Sequence[dict[str, Any]]) -> str:
+    """Sources under an answer: each `path:lines` expands to its snippet (HTML details + Markdown code)."""
+    if not citations:
+        return ""
+    items = []
+    for c in citations:
+        label = html.escape(str(c.get("citation") or f"{c.get('path')}:{c.get('start_line')}-{c.get('end_line')}"))
+        text = str(c.get("text") or "")
+        if len(text) > SNIPPET_CHARS:
+            text = text[:SNIPPET_CHARS] + "\n…"
+        fence = _fence(text)
+        lang = LANGUAGE_HINTS.get(str(c.get("language") or "").lower(), "")
+        items.append(f'<details class="rillet-source"><summary><code>{label}</code></summary>\n\n'
+                     f"{fence}{lang}\n{text.rstrip()}\n{fence}\n\n</details>")
+    return "\n\n**Sources**\n\n" + "\n".join(items)
+
+
+def chat_history(messages: Sequence[Any]) -> list[dict[str, str]]:
+    """Stored messages (memory.records.ChatMessage) as the chat pane's messages."""
+    history = []
+    for m in messages:
+        if m.role == "system":
+            continue
+        content = m.text + (citation_block(m.citations) if m.role == "assistant" and m.citations else "")
+        history.append({"role": m.role, "content": content})
+    return history
+
+
+def status_line(model_label: str, device: str, tokens: int, state_bytes: int, max_context: int | None,
+                note: str | None = None) -> str:
+    used = f"{tokens:,} tokens" + (f" of {max_context:,}" if max_context else "")
+    line = f"**Model** {model_label} · **Device** {device} · **Session** {used} · **State** {human_bytes(state_bytes)}"
+    return line + (f"  \n⚠️ {note}" if note else "")
+
+
+def session_label(info: Any) -> str:
+    return f"{info.title} · {info.message_count} msg"
+
+
+def progress_line(progress: Any) -> str:
+    """One line for a retrieval `Progress` snapshot."""
+    done, total = progress.files_done, max(progress.files_total, 1)
+    width = 20
+    filled = min(width, round(width * done / total)) if progress.files_total else 0
+    bar = "█" * filled + "░" * (width - filled)
+    eta = f", about {progress.eta_s:.0f} s left" if progress.eta_s is not None else ""
+    return (f"`{bar}` {progress.stage}: {progress.files_done:,}/{progress.files_total:,} files, "
+            f"{progress.chunks:,} chunks, {progress.embedded:,} embedded{eta}")
+
+
+def index_summary(report: Any) -> str:
+    """What an indexing run did, and what it skipped or could not read."""
+    lines = [f"**Indexed `{report.collection}`** in {report.seconds:.1f} s: {report.files_total:,} files "
+             f"({report.indexed:,} new or changed, {report.unchanged:,} unchanged, {report.removed:,} removed), "
+             f"{report.chunks_total:,} chunks ({report.chunks_added:,} added, {report.chunks_removed:,} removed)."]
+    if report.skipped:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in report.skip_reasons().most_common(5))
+        lines.append(f"Skipped {len(report.skipped):,} files: {reasons}.")
+    if report.failed:
+        shown = "; ".join(f"`{path}`: {why}" for path, why in report.failed[:5])
+        more = f" (and {len(report.failed) - 5} more)" if len(report.failed) > 5 else ""
+        lines.append(f"Could not read {len(report.failed):,} files: {shown}{more}.")
+    return "  \n".join(lines)
+
+
+def error_note(error: BaseException) -> str:
+    return f"⚠️ {error}"
