@@ -78,3 +78,17 @@ def test_auth_keeps_strangers_out(server: Server) -> None:
         assert isinstance(Client(url, auth=("ada", "s3cret"), verbose=False).predict(api_name="/list_sessions"), list)
     finally:
         demo.close()
+
+
+@pytest.mark.slow
+def test_a_first_run_can_index_rillets_own_documentation(server: Server) -> None:
+    """The page offers this when no collection exists; it reads only Markdown, with live progress."""
+    from ui.app import Page
+
+    updates = list(Page(server.engine).index_docs())
+    progress, summary = [u[0] for u in updates[:-1]], updates[-1][0]
+    assert progress and all("files" in line for line in progress)
+    assert summary.startswith("**Indexed `rillet-docs`**"), summary
+    hits = server.engine.retrieval.search("rillet-docs", "how to run the tests", k=20)
+    assert hits and all(hit.path.endswith(".md") for hit in hits)
+    assert any(hit.path == "README.md" for hit in hits)
