@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ def train(stage: str, params: dict[str, nn.Parameter], loss_fn: LossFn, sampler:
     started = time.monotonic()
     last_save, window_loss, window_n = started, 0.0, 0
     bar = tqdm(total=schedule.total_steps, initial=progress.step, desc=stage, unit="step", dynamic_ncols=True)
+    previous_handler = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         last_step = schedule.total_steps if stop_step is None else min(stop_step, schedule.total_steps)
         while progress.step < last_step and time.monotonic() - started < max_seconds:
@@ -97,4 +99,10 @@ def train(stage: str, params: dict[str, nn.Parameter], loss_fn: LossFn, sampler:
     finally:
         bar.close()
         save_checkpoint(folder, dict(params), optimizer, progress)
+        signal.signal(signal.SIGTERM, previous_handler)
     return progress
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    """`kill` (SIGTERM) ends the run like Ctrl-C: the finally clause writes the checkpoint first."""
+    raise KeyboardInterrupt(f"signal {signum}")
