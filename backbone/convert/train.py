@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,7 +67,8 @@ def train(stage: str, params: dict[str, nn.Parameter], loss_fn: LossFn, sampler:
     started = time.monotonic()
     last_save, window_loss, window_n = started, 0.0, 0
     bar = tqdm(total=schedule.total_steps, initial=progress.step, desc=stage, unit="step", dynamic_ncols=True)
-    previous_handler = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGTERM, _stop_on_sigterm) if main_thread else None
     try:
         last_step = schedule.total_steps if stop_step is None else min(stop_step, schedule.total_steps)
         while progress.step < last_step and time.monotonic() - started < max_seconds:
@@ -99,7 +101,8 @@ def train(stage: str, params: dict[str, nn.Parameter], loss_fn: LossFn, sampler:
     finally:
         bar.close()
         save_checkpoint(folder, dict(params), optimizer, progress)
-        signal.signal(signal.SIGTERM, previous_handler)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous_handler)
     return progress
 
 
