@@ -92,3 +92,21 @@ def test_a_first_run_can_index_rillets_own_documentation(server: Server) -> None
     hits = server.engine.retrieval.search("rillet-docs", "how to run the tests", k=20)
     assert hits and all(hit.path.endswith(".md") for hit in hits)
     assert any(hit.path == "README.md" for hit in hits)
+
+
+@pytest.mark.slow
+def test_the_page_keeps_a_refused_message_and_tells_a_second_tab(server: Server) -> None:
+    """The page's send handler (outputs: message box, chat, session, sessions, status, notice, remembered)."""
+    from ui.app import Page
+
+    page = Page(server.engine)
+    too_long = "x" * 100_000
+    refused = list(page.respond(too_long, None, "", [], 0, 0.0, 8, "teacher"))[-1]
+    assert refused[0] == too_long and "100,000 characters" in refused[5]  # the text stays in the box
+
+    tab_a = list(page.respond("Hello from tab A", None, "", [], 0, 0.0, 8, "teacher"))
+    session_id = tab_a[-1][2]
+    assert tab_a[0][0] == "" and "another tab" not in tab_a[-1][5]
+    tab_b = list(page.respond("Hello from tab B", session_id, "", [], 0, 0.0, 8, "teacher"))[-1]
+    assert "another tab" in tab_b[5]
+    assert [m["content"] for m in tab_b[1] if m["role"] == "user"] == ["Hello from tab A", "Hello from tab B"]
