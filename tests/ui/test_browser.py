@@ -1,5 +1,6 @@
 """End to end in a real headless Chromium (Debian's, driven by Playwright): index a folder, ask, watch the
-answer stream in with its citation, reload, find the session. Leaves test-artifacts/ui-chat.png."""
+answer stream in with its citation, reload, find the session, stop a long answer. Leaves screenshots in
+test-artifacts/ (ui-chat.png, ui-stopped.png)."""
 
 from __future__ import annotations
 
@@ -88,6 +89,15 @@ def test_index_ask_see_the_streamed_cited_answer_and_find_it_after_a_reload(serv
     page.reload()
     expect(page.locator("#rillet-sessions")).to_contain_text("Which port does the Kettle web", timeout=30_000)
     expect(page.locator("#rillet-chat")).to_contain_text("8431", timeout=30_000)
+
+    before = page.locator("#rillet-chat .message").count()
+    field(page, "rillet-message").fill("Tell me a long story about a tea shop.")  # up to 256 tokens: stop it
+    page.click("#rillet-send")
+    page.wait_for_function(f"document.querySelectorAll('#rillet-chat .message').length > {before + 1}")
+    page.wait_for_function("(() => { const m = document.querySelectorAll('#rillet-chat .message');"
+                           " return m[m.length - 1].innerText.split(' ').length > 3; })()", timeout=60_000)
+    page.click("#rillet-stop")
+    expect(page.locator("#rillet-chat")).to_contain_text("(stopped)", timeout=30_000)
     time.sleep(0.5)
-    page.screenshot(path=str(ARTIFACTS / "ui-reloaded.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / "ui-stopped.png"), full_page=True)
     page.close()
