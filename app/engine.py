@@ -46,6 +46,7 @@ MAX_MESSAGE_TOKENS = 4_000
 CONTEXT_MARGIN = 8  # tokens the commit may need beyond the fork (closing an answer cut at max_new_tokens)
 RECENT_MESSAGES = 2  # the last turn is fresh in the state; recall looks further back
 STOPPED_NOTE = "\n\n_(stopped)_"
+DOCS_COLLECTION = "rillet-docs"
 
 
 class TurnRefused(ValueError):
@@ -159,6 +160,9 @@ class ChatEngine:
             self.retrieval.get_collection(collection)  # a clear error for a name that does not exist
         return self.store.create(title, collection=collection, system_prompt=DEFAULT_SYSTEM_PROMPT)
 
+    def session(self, session_id: int) -> SessionInfo:
+        return self.store.get(session_id)
+
     def rename_session(self, session_id: int, title: str) -> SessionInfo:
         return self.store.rename(session_id, title)
 
@@ -266,6 +270,20 @@ class ChatEngine:
         except CollectionNotFoundError:
             self.retrieval.create_collection(name, [path])
         return self.retrieval.index(name, progress=progress)
+
+    def index_project_docs(self, progress: Any = None) -> Any:
+        """Rillet's own Markdown as the collection "rillet-docs" (the first-run offer). Its folder is the
+        application's own, so it is read whatever the allowed roots are."""
+        folder = project_docs_folder()
+        if folder is None:
+            raise FileNotFoundError("Rillet's own documentation is not on this machine (installed without the "
+                                    "repository); index a folder of yours instead.")
+        try:
+            self.retrieval.get_collection(DOCS_COLLECTION)
+        except CollectionNotFoundError:
+            # Markdown (and the extension-less Makefile, Dockerfile) outside the tests' fixtures
+            self.retrieval.create_collection(DOCS_COLLECTION, [folder], ignore=["*.*", "!*.md", "tests/"])
+        return self.retrieval.index(DOCS_COLLECTION, progress=progress)
 
     def delete_collection(self, name: str) -> None:
         self.retrieval.delete_collection(name)
@@ -434,6 +452,12 @@ def open_chat_database(url: str) -> Any:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
     return database
+
+
+def project_docs_folder() -> Path | None:
+    """Rillet's repository, when the app runs from a checkout (its README and notes)."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "README.md").is_file() else None
 
 
 def _key(session_id: int) -> str:

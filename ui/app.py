@@ -20,7 +20,6 @@ from app.chat.generation import Piece
 from app.chat.scheduler import Cancelled, Failed, Finished, Waiting
 from app.engine import USER_ERRORS, ChatEngine, Retrieved, TurnOptions
 from memory.errors import SessionNotFoundError
-from retrieval.service import CollectionNotFoundError
 from ui import render
 from ui.api import add_api
 
@@ -33,12 +32,6 @@ CSS = """
 #rillet-notice:empty { display: none; }
 .rillet-source summary { cursor: pointer; }
 """
-
-
-def project_docs_folder() -> Path | None:
-    """Rillet's own repository, when the app runs from a checkout (its README and notes make a first collection)."""
-    root = Path(__file__).resolve().parents[1]
-    return root if (root / "README.md").is_file() else None
 
 
 def title_from(message: str, words: int = 7) -> str:
@@ -120,7 +113,7 @@ class Page:
     def ask_delete(self, session_id: int | None) -> tuple[Any, str]:
         if session_id is None:
             return gr.update(visible=False), render.error_note(Exception("Open a session to delete it."))
-        title = self.engine.store.get(session_id).title
+        title = self.engine.session(session_id).title
         return gr.update(visible=True), f"Delete “{title}” and all its messages? This cannot be undone."
 
     def delete(self, session_id: int | None, model: str) -> tuple[Any, ...]:
@@ -161,13 +154,21 @@ class Page:
         return f"This session now searches “{collection}”." if collection else "This session searches no collection."
 
     def index(self, folder: str, name: str) -> Iterator[tuple[Any, ...]]:
-        """Index in a worker thread and stream its progress lines; the summary at the end."""
+        """Index a folder; streams progress lines, then the summary (outputs: status, collection, welcome)."""
+        yield from self._indexing(lambda progress: self.engine.index_folder(folder, name, progress=progress))
+
+    def index_docs(self) -> Iterator[tuple[Any, ...]]:
+        """The first-run offer: Rillet's own Markdown as a collection."""
+        yield from self._indexing(lambda progress: self.engine.index_project_docs(progress=progress))
+
+    def _indexing(self, run: Any) -> Iterator[tuple[Any, ...]]:
+        """Run `run(progress)` in a worker thread and stream its progress, then the summary or the error."""
         updates: queue.SimpleQueue[Any] = queue.SimpleQueue()
         outcome: dict[str, Any] = {}
 
         def work() -> None:
             try:
-                outcome["report"] = self.engine.index_folder(folder, name, progress=updates.put)
+                outcome["report"] = run(updates.put)
             except Exception as exc:  # shown to the user below; the thread must not die silently
                 outcome["error"] = exc
             finally:
@@ -179,46 +180,11 @@ class Page:
             yield render.progress_line(item), gr.skip(), gr.skip()
         if "error" in outcome:
             if not isinstance(outcome["error"], USER_ERRORS):
-                log.error("indexing %s failed", folder, exc_info=outcome["error"])
+                log.error("indexing failed", exc_info=outcome["error"])
             yield render.error_note(outcome["error"]), gr.skip(), gr.skip()
             return
         report = outcome["report"]
         yield (render.index_summary(report), gr.update(choices=self.collection_choices(), value=report.collection),
-               gr.update(visible=False))
-
-    def index_docs(self) -> Iterator[tuple[Any, ...]]:
-        folder = project_docs_folder()
-        if folder is None:
-            yield render.error_note(Exception("Rillet's own documentation is not on this machine; index a folder "
-                                              "below instead.")), gr.skip(), gr.skip()
-            return
-        yield from self._index_collection("rillet-docs", folder)
-
-    def _index_collection(self, name: str, folder: Path) -> Iterator[tuple[Any, ...]]:
-        """Index Rillet's own Markdown (outside the allowed roots on purpose: it ships with the app)."""
-        retrieval = self.engine.retrieval
-        try:
-            retrieval.get_collection(name)
-        except CollectionNotFoundError:
-            retrieval.create_collection(name, [folder], ignore=["*", "!*/", "!*.md"])
-        updates: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        outcome: dict[str, Any] = {}
-
-        def work() -> None:
-            try:
-                outcome["report"] = retrieval.index(name, progress=updates.put)
-            except Exception as exc:
-                outcome["error"] = exc
-            finally:
-                updates.put(None)
-
-        threading.Thread(target=work, name="index", daemon=True).start()
-        while (item := updates.get()) is not None:
-            yield render.progress_line(item), gr.skip(), gr.skip()
-        if "error" in outcome:
-            yield render.error_note(outcome["error"]), gr.skip(), gr.skip()
-            return
-        yield (render.index_summary(outcome["report"]), gr.update(choices=self.collection_choices(), value=name),
                gr.update(visible=False))
 
     def ask_delete_collection(self, collection: str) -> tuple[Any, str]:
