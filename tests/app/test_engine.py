@@ -125,6 +125,22 @@ def test_a_fact_from_turn_1_is_recalled_in_turn_20_after_a_restart(make_engine: 
     assert len(restarted.messages(session.id)) == 40
 
 
+@pytest.mark.slow
+def test_without_trained_student_parameters_the_teacher_serves_and_says_so(teacher: Any, model_cache: Path,
+                                                                          tmp_path: Path) -> None:
+    from app.chat.models import ModelRegistry
+    from app.config import Settings
+
+    settings = Settings(data_dir=model_cache.parent, student_path=tmp_path / "no-student.safetensors")
+    registry = ModelRegistry(settings)
+    registry.adopt("teacher", teacher)
+    served = registry.get()  # settings.model is "student" by default
+    assert (served.requested, served.name, served.model) == ("student", "teacher", teacher)
+    assert "not trained" in served.note and served.label == "teacher (instead of student)"
+    assert registry.get("student") is served  # decided once, not retried on every turn
+    registry.close()
+
+
 # --- behaviour, on the tiny model -------------------------------------------------------------------
 
 def test_events_come_in_order_and_the_turn_is_stored_with_its_citations(kettle: ChatEngine) -> None:
