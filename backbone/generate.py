@@ -143,6 +143,8 @@ class LanguageModel:
     @torch.inference_mode()
     def step(self, token_id: int, state: ModelState) -> torch.Tensor:
         """Feed one token; the logits (vocab,) that follow it."""
+        if not 0 <= token_id < self.config.vocab_size:
+            raise ValueError(f"Token ids must lie in [0, {self.config.vocab_size}), not {token_id}.")
         ids = torch.tensor([[token_id]], dtype=torch.long, device=self.device)
         return self.model(ids, state, last_only=True)[0, -1]
 

@@ -146,6 +146,8 @@ def test_bad_prompts_get_clear_errors_and_leave_the_state_alone(teacher) -> None
         next(teacher.stream([42] * 8190, state))
     with pytest.raises(ValueError, match=r"\[0, 49152\)"):
         teacher.prefill([49152], state)
+    with pytest.raises(ValueError, match=r"\[0, 49152\)"):
+        teacher.step(-1, state)
     with pytest.raises(ValueError, match="8192-token context"):
         teacher.forward_logits(torch.zeros(1, 8193, dtype=torch.long))
     with pytest.raises(TypeError, match="SamplingConfig"):
