@@ -7,6 +7,8 @@ STAMP := $(VENV)/.rillet-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# Idle OpenMP threads sleep instead of spinning: spinning threads slow every other process on a small machine.
+export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: install run test lint bench clean
 
