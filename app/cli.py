@@ -79,8 +79,14 @@ def serve(
     auth: str | None = typer.Option(None, help="user:password required to open the page."),
 ) -> None:
     """Start the web UI."""
+    from ui.server import parse_auth
     from ui.server import serve as run_server
 
+    try:
+        parse_auth(auth)
+    except ValueError as exc:
+        console.print(f"[red]{exc}")
+        raise typer.Exit(2) from None
     settings = get_settings()
     settings.ensure_dirs()
     run_server(settings, host=host or settings.host, port=port or settings.port, auth=auth)
@@ -114,27 +120,50 @@ def convert(
     out: str = typer.Option("backbone/checkpoints/training", help="Folder of the resumable checkpoints."),
     checkpoint_minutes: float = typer.Option(10.0, help="Minutes between checkpoints."),
     steps: int | None = typer.Option(None, help="Total steps of the stage (default: the recipe's)."),
+    model_dir: Annotated[Path | None, typer.Option(help="Teacher from a Hugging Face folder (config.json, "
+                                                   "*.safetensors, tokenizer.json; llama architecture).")] = None,
+    gguf: Annotated[Path | None, typer.Option(help="Teacher from this GGUF file (default: RILLET_MODEL_PATH or "
+                                              "the packaged SmolLM2).")] = None,
+    student_path: Annotated[Path | None, typer.Option(help="Where export writes the parameters (default: "
+                                                      "RILLET_STUDENT_PATH or the shipped file).")] = None,
+    device: str | None = typer.Option(None, help="cpu, cuda or auto (default: RILLET_DEVICE, auto)."),
+    batch_size: int | None = typer.Option(None, min=1, help="Sequences per step (default: the recipe's, 2)."),
+    seq_len: int | None = typer.Option(None, min=16, help="Tokens per sequence (default: the recipe's, 1024)."),
 ) -> None:
     """Linearize the teacher into the student; resumes where the last run stopped."""
     from dataclasses import replace
+
+    import torch
 
     from backbone.convert import run
     from backbone.loader import load_model
     from backbone.student import DEFAULT_STUDENT
 
-    settings = get_settings()
+    if model_dir is not None and gguf is not None:
+        raise typer.BadParameter("give the teacher as --model-dir or as --gguf, not both")
+    if device not in (None, "auto", "cpu", "cuda"):
+        raise typer.BadParameter(f"unknown device {device!r}; choose cpu, cuda or auto")
+    settings = get_settings(**({"device": device} if device else {}))
+    if settings.resolved_device() == "cuda" and not torch.cuda.is_available():
+        raise typer.BadParameter("no CUDA device is visible to PyTorch; use --device cpu, or a CUDA build of torch")
     settings.ensure_dirs()
     folder = Path(out)
-    teacher = load_model("teacher", gguf_path=settings.model_path, cache_dir=settings.cache_dir,
-                         device=settings.resolved_device())
+    teacher = load_model("teacher", gguf_path=gguf or (None if model_dir else settings.model_path),
+                         model_dir=model_dir, cache_dir=settings.cache_dir, device=settings.resolved_device())
     if stage == "export":
-        digest = run.export(teacher, folder, settings.student_path or DEFAULT_STUDENT)
-        console.print(f"Wrote {settings.student_path or DEFAULT_STUDENT} (sha256 {digest[:16]}…)")
+        target = student_path or settings.student_path
+        if target is None and (model_dir or gguf):
+            raise typer.BadParameter("exporting a student of another teacher needs --student-path (the default "
+                                     "file is the shipped SmolLM2 student)")
+        target = target or DEFAULT_STUDENT
+        digest = run.export(teacher, folder, target)
+        console.print(f"Wrote {target} (sha256 {digest[:16]}…)")
         return
     recipes = {"transfer": run.TRANSFER, "finetune": run.FINETUNE}
     if stage not in recipes:
         raise typer.BadParameter(f"unknown stage {stage!r}; choose transfer, finetune or export")
-    recipe = recipes[stage] if steps is None else replace(recipes[stage], steps=steps)
+    shape = {k: v for k, v in (("steps", steps), ("batch_size", batch_size), ("seq_len", seq_len)) if v is not None}
+    recipe = replace(recipes[stage], **shape)
     progress = run.run_stage(teacher, recipe, folder, settings.shared_data, settings.cache_dir,
                              max_seconds=max_minutes * 60, checkpoint_seconds=checkpoint_minutes * 60)
     console.print(f"{stage}: step {progress['step']}/{recipe.steps}, {progress['tokens']:,} tokens, "

@@ -485,4 +485,5 @@ def _load_index(path: Path) -> Any:
     return VectorIndex.load(path)
 
 
-__all__ = ["USER_ERRORS", "ChatEngine", "Piece", "Retrieved", "TurnOptions", "TurnRefused", "TurnResult"]
+__all__ = ["USER_ERRORS", "ChatEngine", "Piece", "Retrieved", "SessionNotFoundError", "TurnOptions", "TurnRefused",
+           "TurnResult"]

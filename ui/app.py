@@ -18,8 +18,7 @@ import gradio as gr
 
 from app.chat.generation import Piece
 from app.chat.scheduler import Cancelled, Failed, Finished, Waiting
-from app.engine import USER_ERRORS, ChatEngine, Retrieved, TurnOptions
-from memory.errors import SessionNotFoundError
+from app.engine import USER_ERRORS, ChatEngine, Retrieved, SessionNotFoundError, TurnOptions
 from ui import render
 from ui.api import add_api
 

@@ -40,3 +40,8 @@ def test_chat_answers_from_a_collection_and_continues_a_session(teacher: Any, mo
     assert missing.exit_code == 2 and "does not exist" in missing.output
     unknown = runner.invoke(cli, ["chat", "--model", "teacher", "--collection", "nope"], input="\n")
     assert unknown.exit_code == 2 and "nope" in unknown.output
+
+
+def test_serve_refuses_a_malformed_auth_before_loading_anything() -> None:
+    result = CliRunner().invoke(cli, ["serve", "--auth", "just-a-name"])
+    assert result.exit_code == 2 and "user:password" in result.output
