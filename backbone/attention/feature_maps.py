@@ -116,8 +116,12 @@ class Hedgehog(FeatureMap):
         self.check_input(x)
         if x.shape[1] != self.num_heads:
             raise ValueError(f"Hedgehog map has {self.num_heads} heads; input has {x.shape[1]}")
-        z = torch.matmul(x, self.weight.to(x.dtype)) + self.bias.to(x.dtype)
-        return torch.cat([torch.softmax(z, dim=-1), torch.softmax(-z, dim=-1)], dim=-1)
+        weight, bias = self.weight, self.bias
+        if weight.dtype != x.dtype:
+            weight, bias = weight.to(x.dtype), bias.to(x.dtype)
+        # One sequence (decoding): a single batched matmul with the bias add fused in.
+        z = torch.baddbmm(bias, x[0], weight).unsqueeze(0) if x.shape[0] == 1 else torch.matmul(x, weight) + bias
+        return torch.stack((z, -z), dim=-2).softmax(-1).flatten(-2)
 
 
 FEATURE_MAPS = ("identity", "elu", "favor", "hedgehog")

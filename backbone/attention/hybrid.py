@@ -18,6 +18,7 @@ Forms (all agree; tests compare them with `naive_hybrid_attention` in float64):
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -178,40 +179,59 @@ def _sequence(q, k, v, feature_map_q, feature_map_k, log_weight, spec, state, ch
 
 
 def _step(q, k, v, feature_map_q, feature_map_k, log_weight, spec, state):
-    """One token at position t = state.num_tokens; updates the state in place. Kept to few tensor ops:
-    at decoding speed the per-op overhead, not arithmetic, is the cost."""
+    """One token at position t = state.num_tokens; updates the state in place.
+
+    At decoding speed the per-op overhead, not arithmetic, is the cost, so this is kept to about 25 tensor
+    ops: batched matmuls on 3-d views (no broadcasting matmul), the warm-up mask read from a table, the
+    linear part folded into the softmax as one more key, multiply-adds fused (addcmul, baddbmm).
+    """
     batch, q_heads, _, head_dim = q.shape
-    kv_heads, sinks, window = spec.kv_heads, spec.sinks, spec.window
+    kv_heads, state_heads, sinks, window = spec.kv_heads, spec.state_heads, spec.sinks, spec.window
     tensors, t = state.tensors, state.num_tokens
-    exact_k, exact_v = tensors["exact_k"], tensors["exact_v"]
+    exact_k, exact_v, kv, k_sum = tensors["exact_k"], tensors["exact_v"], tensors["kv"], tensors["k_sum"]
     slot = sinks + t % window
     if t - window >= sinks:  # the key leaving the window joins the linear sums
-        leaving_k = _expand_to_state_heads(exact_k[:, :, slot : slot + 1], spec)
-        leaving_v = _expand_to_state_heads(exact_v[:, :, slot : slot + 1], spec)
+        leaving_k = _expand_to_state_heads(exact_k.narrow(2, slot, 1), spec)
+        leaving_v = _expand_to_state_heads(exact_v.narrow(2, slot, 1), spec)
         features = feature_map_k(leaving_k)  # (B, Hs, 1, F)
-        tensors["kv"].addcmul_(features.transpose(-1, -2), leaving_v)
-        tensors["k_sum"].add_(features[:, :, 0])
-    exact_k[:, :, slot] = k[:, :, 0]
-    exact_v[:, :, slot] = v[:, :, 0]
+        kv.addcmul_(features.mT, leaving_v)
+        k_sum.add_(features.squeeze(2))
+    exact_k.narrow(2, slot, 1).copy_(k)
+    exact_v.narrow(2, slot, 1).copy_(v)
     if t < sinks:
-        exact_k[:, :, t] = k[:, :, 0]
-        exact_v[:, :, t] = v[:, :, 0]
+        exact_k.narrow(2, t, 1).copy_(k)
+        exact_v.narrow(2, t, 1).copy_(v)
 
-    grouped_q = _grouped(q, kv_heads).reshape(batch, kv_heads, -1, head_dim) * head_dim**-0.5
-    scores = grouped_q @ exact_k.transpose(-1, -2)  # (B, Hkv, G, S + W)
-    if t < sinks + window - 1:  # warming up: unseen sink slots and ring slots holding sinks are not attended
-        slot_index = torch.arange(sinks + window, device=q.device)
-        ring_position = t - (t - (slot_index - sinks)) % window
-        valid = torch.where(slot_index < sinks, slot_index <= t, ring_position >= sinks)
-        scores = scores.masked_fill(~valid, float("-inf"))
-    query_features = _grouped(feature_map_q(q)[:, :, 0], spec.state_heads)  # (B, Hs, Gs, F)
-    linear_numerator = (query_features @ tensors["kv"]).reshape(batch, kv_heads, -1, head_dim)
-    linear_denominator = (query_features @ tensors["k_sum"].unsqueeze(-1)).reshape(batch, kv_heads, -1, 1)
-    log_w = log_weight.to(q.dtype).reshape(1, kv_heads, -1, 1)
-    exact, linear_factor, normaliser = combine(scores, linear_denominator, log_w)
-    numerator = exact @ exact_v + linear_factor * linear_numerator
+    slots, groups = sinks + window, q_heads // kv_heads
+    scores = torch.bmm(q.reshape(batch * kv_heads, groups, head_dim), exact_k.reshape(-1, slots, head_dim).mT)
+    scores = scores.view(batch, kv_heads, groups, slots)
+    if t < slots - 1:  # warming up: unseen sink slots and ring slots holding sinks are not attended
+        scores.masked_fill_(_unattended_slots(sinks, window, q.device)[t], float("-inf"))
+    query_features = feature_map_q(q).reshape(batch * state_heads, q_heads // state_heads, -1)  # (B·Hs, Gs, F)
+    linear_numerator = torch.bmm(query_features, kv.reshape(batch * state_heads, -1, head_dim))
+    linear_mass = torch.bmm(query_features, k_sum.reshape(batch * state_heads, -1, 1))
+    linear_mass = linear_mass.clamp_min_(torch.finfo(q.dtype).tiny).view(-1, groups, 1)
+    # The linear part enters as one more key: score β + log φ(q)·z and value φ(q)ᵀS / φ(q)·z, so a single
+    # softmax takes the shared max-shift and the one normaliser of `combine`.
+    log_w = log_weight.to(q.dtype).view(1, kv_heads, groups, 1)
+    linear_score = torch.log(linear_mass).view(batch, kv_heads, groups, 1) + log_w
+    weights = torch.cat([scores * head_dim**-0.5, linear_score], dim=-1).softmax(-1).view(-1, groups, slots + 1)
+    linear_value = linear_numerator.view(-1, groups, head_dim) / linear_mass
+    out = torch.baddbmm(weights[..., slots:] * linear_value, weights[..., :slots], exact_v.reshape(-1, slots, head_dim))
     state.num_tokens = t + 1
-    return (numerator / normaliser).reshape(batch, q_heads, 1, head_dim)
+    return out.view(batch, q_heads, 1, head_dim)
+
+
+@functools.cache
+def _unattended_slots(sinks: int, window: int, device: torch.device) -> torch.Tensor:
+    """Row t (t < sinks + window − 1, while the state warms up): the exact slots the query at position t
+    must not attend, i.e. sink slots not yet written and ring slots empty or holding a sink's position."""
+    with torch.inference_mode(False):  # a plain tensor, usable with autograd whichever mode fills the cache
+        t = torch.arange(sinks + window - 1)[:, None]
+        slot = torch.arange(sinks + window)[None, :]
+        ring_position = t - (t - (slot - sinks)) % window
+        attended = torch.where(slot < sinks, slot <= t, ring_position >= sinks)
+        return (~attended).to(device)
 
 
 def naive_hybrid_attention(
