@@ -173,10 +173,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sections", default="ppl,long,chat,decode")
     parser.add_argument("--long-tokens", type=int, default=32768)
+    parser.add_argument("--variants", default="sinks,untrained,transfer,finetune",
+                        help="Rows of the perplexity table; the last one that exists is evaluated further.")
     args = parser.parse_args()
     sections = set(args.sections.split(","))
     teacher = load_model("teacher", cache_dir=CACHE)
-    names = ["sinks", "untrained", "transfer", "finetune"]
+    names = args.variants.split(",")
     variants = [v for v in (student_variant(teacher, n) for n in names) if v is not None]
     best = variants[-1][1]
     report = [f"# Student vs teacher ({time.strftime('%Y-%m-%d')}, {torch.get_num_threads()} threads, "
