@@ -127,7 +127,7 @@ def main() -> None:
         theirs = langchain_pipeline(files, root, lc_embeddings)
         print(theirs.row(), flush=True)
         again, again_report = rillet_index(retrieval, "stdlib")
-        edited = root / "asyncio" / "base_events.py"
+        edited = max((p for p in files if p.suffix == ".py"), key=lambda p: p.stat().st_size)
         edited.write_text(edited.read_text() + "\n\ndef added_by_the_benchmark():\n    return 'one new function'\n")
         edit, edit_report = rillet_index(retrieval, "stdlib")
 
@@ -140,7 +140,7 @@ def main() -> None:
         "| --- | --- | --- | --- | --- |\n"
         f"| no change | {again.wall:.2f} | {again.wall / ours.wall:.1%} | {again_report.indexed} "
         f"| {again_report.embedded} |\n"
-        f"| one file edited (a function appended to asyncio/base_events.py) | {edit.wall:.2f} "
+        f"| one file edited (a function appended to {edited.relative_to(root)}, the largest) | {edit.wall:.2f} "
         f"| {edit.wall / ours.wall:.1%} | {edit_report.indexed} | {edit_report.embedded} |\n")
     table = "\n".join([header, ours.row(), theirs.row()]) + "\n" + summary
     print(table)
