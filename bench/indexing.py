@@ -1,9 +1,10 @@
 """Indexing throughput on the Python standard library, against the canonical LangChain pipeline.
 
-Both pipelines get the same files (a copy of `asyncio`, `email` and `json` from the running
-interpreter, every file Rillet's crawler would read) and the same model (all-MiniLM-L6-v2, loaded
-before timing). LangChain: read each file, `RecursiveCharacterTextSplitter(chunk_size=1000,
-chunk_overlap=200)`, `HuggingFaceEmbeddings` (sentence-transformers), `FAISS.from_documents`.
+Both pipelines get the same files (a copy of standard-library packages of the running
+interpreter, by default `asyncio`, `email` and `json`; every file Rillet's crawler would read) and
+the same model (all-MiniLM-L6-v2, loaded before timing). LangChain: read each file,
+`RecursiveCharacterTextSplitter(chunk_size=1000, chunk_overlap=200)`, `HuggingFaceEmbeddings`
+(sentence-transformers), `FAISS.from_documents`.
 Rillet: `Retrieval.index` into a fresh SQLite catalog with an empty embedding cache (crawl, parse,
 chunk, embed, catalog, FAISS and BM25 files). Then Rillet re-indexes with no change, and after one
 file is edited. The machine is shared, so CPU seconds of this process are reported beside wall time.
