@@ -30,7 +30,6 @@ from memory.db import make_engine
 from retrieval.catalog import Chunk
 from retrieval.crawl import Crawler
 from retrieval.embedder import SentenceEmbedder, count_tokens, model_path
-from retrieval.service import Retrieval
 
 RESULTS = Path(__file__).parent / "results" / "indexing.md"
 REPO = Path(__file__).resolve().parents[1]
@@ -85,7 +84,7 @@ def langchain_pipeline(files: list[Path], root: Path, embeddings) -> Run:  # typ
                lost, wall, cpu, timed["embed"])
 
 
-def rillet_index(retrieval: Retrieval, name: str) -> tuple[Run, object]:
+def rillet_index(retrieval, name: str) -> tuple[Run, object]:  # type: ignore[no-untyped-def]
     wall, cpu = time.perf_counter(), time.process_time()
     report = retrieval.index(name)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -102,6 +101,10 @@ def main() -> None:
     parser.add_argument("--packages", nargs="+", default=["asyncio", "email", "json"])
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    # As the app does (app/cli.py), before FAISS and PyTorch load OpenMP (idle threads sleep, not spin).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from retrieval.service import Retrieval
+
     stdlib = Path(os.__file__).parent
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "stdlib"
