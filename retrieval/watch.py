@@ -34,10 +34,17 @@ class _Filter(DefaultFilter):
 def watch_collection(retrieval: Retrieval, name: str, on_report: Callable[[IndexReport], None], *,
                      own_paths: Sequence[Path] = (), stop: threading.Event | None = None,
                      debounce_ms: int = 1600) -> None:
-    """Index once, then again after every burst of changes, until `stop` is set (or Ctrl-C)."""
+    """Index once, then again after every burst of changes, until `stop` is set (or Ctrl-C).
+
+    The watcher starts before the first run, so a change made while that run works is not missed.
+    """
     roots = retrieval.get_collection(name).roots
-    on_report(retrieval.index(name))
+    started = False
     for changes in watch(*roots, watch_filter=_Filter([retrieval.index_dir, *own_paths]), stop_event=stop,
-                         debounce=debounce_ms, raise_interrupt=False):
-        log.info("%d changes under %s; re-indexing", len(changes), ", ".join(roots))
+                         debounce=debounce_ms, raise_interrupt=False, yield_on_timeout=True, rust_timeout=500):
+        if started and not changes:
+            continue
+        if changes:
+            log.info("%d changes under %s; re-indexing", len(changes), ", ".join(roots))
+        started = True
         on_report(retrieval.index(name))
