@@ -99,7 +99,10 @@ class SentenceEmbedder:
 
     def __init__(self, device: str | None = None, tokens_per_batch: int | None = None) -> None:
         self.device = device or default_device()
-        self.tokens_per_batch = tokens_per_batch or (1 << 17 if self.device.startswith("cuda") else 1 << 14)
+        # On this CPU 4k-token batches (16 texts of 256 tokens, ~100 short ones) keep the activations in
+        # cache: on the chunks of bench/indexing's files, ~20% less CPU than 16k-token batches and a
+        # third less than a fixed 32 texts a batch.
+        self.tokens_per_batch = tokens_per_batch or (1 << 17 if self.device.startswith("cuda") else 1 << 12)
 
     @property
     def model(self):  # type: ignore[no-untyped-def]
