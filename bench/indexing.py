@@ -1,7 +1,7 @@
 """Indexing throughput on the Python standard library, against the canonical LangChain pipeline.
 
 Both pipelines get the same files (a copy of standard-library packages of the running
-interpreter, by default `asyncio`, `email` and `json`; every file Rillet's crawler would read) and
+interpreter, by default `asyncio`, `email`, `json` and `unittest`; every file Rillet's crawler would read) and
 the same model (all-MiniLM-L6-v2, loaded before timing). LangChain: read each file,
 `RecursiveCharacterTextSplitter(chunk_size=1000, chunk_overlap=200)`, `HuggingFaceEmbeddings`
 (sentence-transformers), `FAISS.from_documents`.
@@ -9,7 +9,7 @@ Rillet: `Retrieval.index` into a fresh SQLite catalog with an empty embedding ca
 chunk, embed, catalog, FAISS and BM25 files). Then Rillet re-indexes with no change, and after one
 file is edited. The machine is shared, so CPU seconds of this process are reported beside wall time.
 
-    python -m bench.indexing [--packages asyncio email json unittest]
+    python -m bench.indexing [--packages json logging concurrent]
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def rillet_index(retrieval, name: str) -> tuple[Run, object]:  # type: ignore[no
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--packages", nargs="+", default=["asyncio", "email", "json"])
+    parser.add_argument("--packages", nargs="+", default=["asyncio", "email", "json", "unittest"])
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     # As the app does (app/cli.py), before FAISS and PyTorch load OpenMP (idle threads sleep, not spin).
