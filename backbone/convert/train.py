@@ -62,6 +62,9 @@ def train(stage: str, params: dict[str, nn.Parameter], loss_fn: LossFn, sampler:
                 params[name].copy_(value.to(device))
         if opt_state is not None:
             optimizer.load_state_dict(opt_state["optimizer"])
+        if config and config != progress.config:  # e.g. the run was lengthened with --steps
+            log.info("recipe changed on resume: %s -> %s", progress.config, config)
+            progress.config = config
         log.info("resuming %s at step %d (%d tokens, %.0f s so far)", stage, progress.step, progress.tokens,
                  progress.seconds)
     started = time.monotonic()

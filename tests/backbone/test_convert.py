@@ -40,7 +40,7 @@ def run(folder: Path, steps: int, stop_after: int | None = None, lora: int = 0) 
     sampler = BatchSampler(tiny_corpus(), encode, seq_len=40, batch_size=2, seed=3)
     schedule = Schedule(lr=1e-2, total_steps=steps, warmup_steps=2)
     progress = train("finetune" if lora else "transfer", params, loss, sampler, schedule, folder, log_every=1,
-                     stop_step=stop_after)
+                     stop_step=stop_after, config={"steps": steps})
     assert progress.step == (steps if stop_after is None else stop_after)
     return {k: v.detach().clone() for k, v in params.items()}
 
@@ -55,6 +55,13 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, lora: int) -> None
         assert torch.equal(straight[name], resumed[name]), name
     _, _, progress = load_checkpoint(tmp_path / "b")
     assert progress.step == 5 and progress.tokens == 5 * 2 * 40 and len(progress.history) == 5
+
+
+def test_a_lengthened_run_continues_and_records_its_new_recipe(tmp_path: Path) -> None:
+    run(tmp_path / "c", steps=3)
+    run(tmp_path / "c", steps=5)
+    _, _, progress = load_checkpoint(tmp_path / "c")
+    assert progress.step == 5 and progress.config == {"steps": 5} and len(progress.history) == 5
 
 
 def test_attention_transfer_lowers_the_loss(tmp_path: Path) -> None:
