@@ -1,9 +1,10 @@
-"""Session-wide fixtures: the real teacher model (loaded once, its conversion cached on disk) and the
-`transformers` reference that loads the same GGUF file."""
+"""Session-wide fixtures: the real teacher model (loaded once, its conversion cached on disk), the
+`transformers` reference that loads the same GGUF file, and migrated databases of both kinds."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,3 +69,34 @@ def hf_reference() -> Reference:
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     return Reference(model.eval(), tokenizer)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """One throwaway PostgreSQL database for the whole run, migrated once (`db_url` empties it per test)."""
+    from app.database import upgrade
+    from tests.pg import temporary_database
+
+    with temporary_database() as url:
+        upgrade(url)
+        yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated, empty database: a new SQLite file, or the run's PostgreSQL database with every row deleted."""
+    from app.database import upgrade
+    from memory.db import Base, make_engine
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'rillet.db'}"
+        upgrade(url)
+        yield url
+        return
+    url = request.getfixturevalue("postgres_url")
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(table.delete())
+    engine.dispose()
+    yield url

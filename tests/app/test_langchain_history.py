@@ -3,37 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
-from sqlalchemy import text
 
-from app.database import upgrade
 from app.langchain_history import SqlChatMessageHistory
 from memory.db import make_engine
 from memory.errors import SessionNotFoundError
 from memory.sessions import SessionStore
-from tests.pg import temporary_database
 
 
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    with temporary_database("rillet_history") as url:
-        upgrade(url)
-        yield url
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SessionStore]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'history.db'}"
-        upgrade(url)
-    else:
-        url = request.getfixturevalue("postgres_url")
-    engine = make_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("DELETE FROM sessions"))
+@pytest.fixture
+def store(db_url: str) -> Iterator[SessionStore]:
+    engine = make_engine(db_url)
     yield SessionStore(engine)
     engine.dispose()
 

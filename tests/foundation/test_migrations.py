@@ -14,7 +14,7 @@ from tests.pg import temporary_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+def unmigrated_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'nested' / 'rillet.db'}"
     else:
@@ -22,20 +22,20 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
             yield url
 
 
-def test_upgrade_creates_every_table_without_drift(db_url: str) -> None:
-    upgrade(db_url)
-    engine = make_engine(db_url)
+def test_upgrade_creates_every_table_without_drift(unmigrated_url: str) -> None:
+    upgrade(unmigrated_url)
+    engine = make_engine(unmigrated_url)
     assert current_revision(engine) == head_revision()
     assert set(Base.metadata.tables) <= set(inspect(engine).get_table_names())
     assert schema_drift(engine) == []
     engine.dispose()
 
 
-def test_upgrade_is_idempotent_and_downgrade_empties(db_url: str) -> None:
-    upgrade(db_url)
-    upgrade(db_url)
-    downgrade(db_url, "base")
-    engine = make_engine(db_url)
+def test_upgrade_is_idempotent_and_downgrade_empties(unmigrated_url: str) -> None:
+    upgrade(unmigrated_url)
+    upgrade(unmigrated_url)
+    downgrade(unmigrated_url, "base")
+    engine = make_engine(unmigrated_url)
     assert not set(Base.metadata.tables) & set(inspect(engine).get_table_names())
     engine.dispose()
 

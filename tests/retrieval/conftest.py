@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
 
 from app.database import upgrade
 from memory.db import make_engine
 from retrieval.embedder import SentenceEmbedder
 from retrieval.service import Retrieval
-from tests.pg import temporary_database
 from tests.retrieval.repo import MAX_FILE_BYTES, build_repo
 
 
@@ -21,30 +18,6 @@ def embedder() -> SentenceEmbedder:
     model = SentenceEmbedder(device="cpu")
     model.embed(["load the model once"])
     return model
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """One throwaway PostgreSQL database for all retrieval tests, migrated once."""
-    with temporary_database("rillet_retrieval") as url:
-        upgrade(url)
-        yield url
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'catalog.db'}"
-        upgrade(url)
-        yield url
-        return
-    url = request.getfixturevalue("postgres_url")
-    engine = make_engine(url)
-    with engine.begin() as conn:  # each test starts empty (files and chunks cascade)
-        conn.execute(text("DELETE FROM collections"))
-        conn.execute(text("DELETE FROM embeddings"))
-    engine.dispose()
-    yield url
 
 
 @pytest.fixture
