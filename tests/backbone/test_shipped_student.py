@@ -1,0 +1,58 @@
+"""Bounded checks on the real shipped student (teacher weights + backbone/checkpoints' trained file):
+it reads a conversation through its state exactly as it reads it at once, its state does not grow,
+and the trained parameters beat the same architecture untrained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from backbone.evaluate import perplexity
+from backbone.student import StudentConfig, build_student, load_student
+from tests.backbone.attention_helpers import relative_rms
+
+
+@pytest.fixture(scope="module")
+def student(teacher: Any) -> Any:
+    return load_student(teacher)
+
+
+@pytest.fixture(scope="module")
+def prose_ids(teacher: Any, shared_data: Path) -> torch.Tensor:
+    text = (shared_data / "text" / "wikitext2_valid.txt").read_text(encoding="utf-8")[20_000:30_000]
+    return torch.tensor(teacher.tokenizer.encode(text)[:512])
+
+
+@pytest.mark.parametrize("splits", [[300], [1, 126, 1, 172], [70, 230]])
+def test_prefill_in_pieces_then_steps_equals_one_forward(student: Any, prose_ids: torch.Tensor,
+                                                         splits: list[int]) -> None:
+    ids = prose_ids[: sum(splits) + 5][None]
+    with torch.inference_mode():
+        full = student.model(ids)
+        state = student.new_state()
+        pieces, start = [], 0
+        for length in splits:
+            pieces.append(student.model(ids[:, start:start + length], state))
+            start += length
+        pieces += [student.step(int(ids[0, position]), state)[None, None] for position in range(start, ids.shape[1])]
+    incremental = torch.cat(pieces, dim=1)
+    assert state.num_tokens == ids.shape[1]
+    assert relative_rms(incremental, full) < 2e-3
+
+
+def test_state_size_is_constant_and_under_10_mb(student: Any, prose_ids: torch.Tensor) -> None:
+    empty = student.new_state().nbytes
+    state = student.new_state()
+    with torch.inference_mode():
+        student.model(prose_ids[None], state)
+    assert state.nbytes == empty < 10 * 2**20
+
+
+def test_trained_parameters_beat_the_untrained_hybrid(teacher: Any, student: Any, prose_ids: torch.Tensor) -> None:
+    untrained = build_student(teacher.model, StudentConfig()).eval()
+    trained_ppl = perplexity(student.model, prose_ids, 512)
+    assert trained_ppl < perplexity(untrained, prose_ids, 512)
+    assert trained_ppl < 2 * perplexity(teacher.model, prose_ids, 512)
