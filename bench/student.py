@@ -3,9 +3,12 @@ position, chat answers after long unrelated context, decode speed by context len
 
 Baseline in the same run: the teacher (softmax attention, KV cache). Students are read from the
 converter's checkpoints (backbone/checkpoints/training/{transfer,finetune}), so every stage that has run
-gets a row. Results go to bench/results/student.md.
+gets a row. Results go to bench/results/student.md, rebuilt from bench/results/student.json: a run
+replaces the sections it ran and keeps the others, and perplexity rows accumulate by label (the label
+carries the checkpoint's token count, so the table shows the student improving as it trains; a row
+already measured is not measured again unless --fresh).
 
-    python -m bench.student [--sections ppl,long,chat,decode] [--long-tokens 32768]
+    python -m bench.student [--sections ppl,long,chat,decode] [--long-tokens 32768] [--fresh]
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse
 import json
+import re
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import torch
@@ -34,6 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RILLET_SHARED_DATA", REPO.parent / "shared" / "data"))
 TRAINING = REPO / "backbone" / "checkpoints" / "training"
 RESULTS = REPO / "bench" / "results" / "student.md"
+RECORD = RESULTS.with_suffix(".json")
+SECTION_ORDER = ("ppl", "long", "decode", "chat")
 CACHE = REPO / ".data" / "cache"
 
 QUESTIONS = [
@@ -81,63 +88,92 @@ def wikitext_ids(teacher: LanguageModel, count: int) -> torch.Tensor:
     return torch.tensor(teacher.tokenizer.encode(text[: count * 8])[:count])
 
 
-def essays_ids(teacher: LanguageModel, count: int) -> torch.Tensor:
-    text = json.loads((SHARED / "niah" / "PaulGrahamEssays.json").read_text(encoding="utf-8"))["text"]
-    ids = teacher.tokenizer.encode(text)
-    while len(ids) < count:
-        ids = ids + ids
-    return torch.tensor(ids[:count])
+def essays_text() -> str:
+    return json.loads((SHARED / "niah" / "PaulGrahamEssays.json").read_text(encoding="utf-8"))["text"]
 
 
-def ppl_section(teacher: LanguageModel, variants: list[tuple[str, LanguageModel]]) -> list[str]:
+def long_streams(teacher: LanguageModel, count: int) -> dict[str, torch.Tensor]:
+    """The essays concatenated (the haystack text, also seen in training) and WikiText-2 test (never
+    trained on), `count` tokens of each."""
+    streams = {}
+    for name, text in (("essays", essays_text()),
+                       ("wikitext2_test", (SHARED / "text" / "wikitext2_test.txt").read_text(encoding="utf-8"))):
+        ids = teacher.tokenizer.encode(text[: count * 8])
+        if len(ids) < count:
+            raise ValueError(f"{name} has only {len(ids):,} tokens; --long-tokens asks for {count:,}")
+        streams[name] = torch.tensor(ids[:count])
+    return streams
+
+
+def ppl_section(teacher: LanguageModel, variants: list[tuple[str, LanguageModel]],
+                measured: dict[str, list[float]]) -> list[str]:
+    """Perplexity rows; `measured` (label -> [ppl@1,024, ppl@2,048]) is filled in for missing labels."""
     ids = wikitext_ids(teacher, 4096)
+    for label, model in [("teacher (softmax)", teacher), *variants]:
+        if label not in measured:
+            measured[label] = [perplexity(model.model, ids, c) for c in (1024, 2048)]
+            print(f"{label}: {measured[label]}", flush=True)
+    base = measured["teacher (softmax)"][1]
     rows = ["| model | ppl @1,024 | ppl @2,048 | ratio to teacher @2,048 |", "| --- | --- | --- | --- |"]
-    base = {c: perplexity(teacher.model, ids, c) for c in (1024, 2048)}
-    rows.append(f"| teacher (softmax) | {base[1024]:.2f} | {base[2048]:.2f} | 1.00 |")
-    for label, model in variants:
-        ppl = {c: perplexity(model.model, ids, c) for c in (1024, 2048)}
-        rows.append(f"| {label} | {ppl[1024]:.2f} | {ppl[2048]:.2f} | {ppl[2048] / base[2048]:.3f} |")
-        print(rows[-1], flush=True)
+    rows += [f"| {label} | {p1:.2f} | {p2:.2f} | {p2 / base:.3f} |" for label, (p1, p2) in measured.items()]
     return ["## Perplexity, wikitext2_test.txt, first 4,096 tokens (4 × 1,024 or 2 × 2,048 windows)", "", *rows]
 
 
 def long_section(teacher: LanguageModel, student: LanguageModel, total: int) -> tuple[list[str], dict]:
-    ids = essays_ids(teacher, total)
-    marks = [256, 8192, total - 64]
-    started = time.perf_counter()
-    losses, states = streaming_nll(student, ids, keep_states_at=marks)
-    student_seconds = time.perf_counter() - started
-    teacher_losses, teacher_states = streaming_nll(teacher, ids[:8192 - 64], keep_states_at=[256, 8192 - 128])
-    edges = [0, 1024, 2048, 4096, 8192, 12288, 16384, 24576, total]
-    teacher_rows = {lo: p for lo, _, p in bucket_perplexity(teacher_losses, [e for e in edges if e <= 8192 - 64])}
-    rows = ["| positions | student ppl | teacher ppl |", "| --- | --- | --- |"]
-    for lo, hi, p in bucket_perplexity(losses, edges):
-        t = teacher_rows.get(lo)
-        rows.append(f"| {lo:,}–{hi:,} | {p:.2f} | {'n/a (past its context)' if t is None else f'{t:.2f}'} |")
-    text = [f"## Long context: {total:,} tokens of the essays read through the state ({student_seconds:.0f} s)",
-            "", *rows]
-    return text, {"student": states, "teacher": teacher_states}
-
-
-def decode_rate(model: LanguageModel, state, steps: int = 32) -> float:
-    state = state.clone()
-    token = 13
-    with torch.inference_mode():
-        model.step(token, state)
+    """Perplexity by position over each long stream, read chunk by chunk through the state; returns the
+    table and the states kept on the essays for the decode section."""
+    edges = [e for e in (0, 1024, 2048, 4096, 8192, 12288, 16384, 24576) if e < total] + [total]
+    teacher_end = min(total, 8192)  # the teacher's context
+    header, rows = ["positions"], {(lo, hi): [f"{lo:,}–{hi:,}"] for lo, hi in pairwise(edges)}
+    seconds, kept = 0.0, {}
+    for name, ids in long_streams(teacher, total).items():
+        marks = [256, 8192, total - 64] if name == "essays" else []
         started = time.perf_counter()
-        for _ in range(steps):
-            token = int(model.step(token, state).argmax())
-        return steps / (time.perf_counter() - started)
+        losses, states = streaming_nll(student, ids, keep_states_at=marks)
+        seconds += time.perf_counter() - started
+        teacher_losses, teacher_states = streaming_nll(teacher, ids[:teacher_end], keep_states_at=[256, 8192 - 128]
+                                                       if name == "essays" else [])
+        if name == "essays":
+            kept = {"student": states, "teacher": teacher_states}
+        student_ppl = {(lo, hi): p for lo, hi, p in bucket_perplexity(losses, edges)}
+        teacher_ppl = {(lo, hi): p for lo, hi, p in bucket_perplexity(teacher_losses, edges) if hi <= teacher_end}
+        header += [f"student, {name}", f"teacher, {name}"]
+        for bucket, cells in rows.items():
+            t = teacher_ppl.get(bucket)
+            cells += [f"{student_ppl[bucket]:.2f}", "n/a (past its context)" if t is None else f"{t:.2f}"]
+    table = [f"| {' | '.join(cells)} |" for cells in [header, ["---"] * len(header), *rows.values()]]
+    text = [f"## Long context: {total:,} tokens of each stream read through the state (student: {seconds:.0f} s)",
+            "", "The teacher reads each stream only up to its context of 8,192 tokens.",
+            "The essays are also part of the training prose; WikiText-2 test never is.", "", *table]
+    return text, kept
+
+
+def decode_rate(model: LanguageModel, state, steps: int = 32, repeats: int = 3) -> float:
+    """Greedy tokens per second from a copy of `state`: the median of `repeats` runs of `steps` tokens."""
+    rates = []
+    with torch.inference_mode():
+        for _ in range(repeats):
+            run_state, token = state.clone(), 13
+            model.step(token, run_state)
+            started = time.perf_counter()
+            for _ in range(steps):
+                token = int(model.step(token, run_state).argmax())
+            rates.append(steps / (time.perf_counter() - started))
+    return sorted(rates)[len(rates) // 2]
 
 
 def decode_section(teacher: LanguageModel, student: LanguageModel, states: dict) -> list[str]:
-    rows = ["| context | student tokens/s | teacher tokens/s |", "| --- | --- | --- |"]
+    rows = ["| context | student tokens/s | teacher tokens/s | student / teacher |", "| --- | --- | --- | --- |"]
     for context, state in sorted(states["student"].items()):
         teacher_state = {256: states["teacher"].get(256), 8192: states["teacher"].get(8192 - 128)}.get(context)
-        t = f"{decode_rate(teacher, teacher_state):.1f}" if teacher_state is not None else "n/a (past 8,192)"
-        rows.append(f"| {context:,} | {decode_rate(student, state):.1f} | {t} |")
+        rate = decode_rate(student, state)
+        if teacher_state is None:
+            rows.append(f"| {context:,} | {rate:.1f} | n/a (past 8,192) | – |")
+        else:
+            base = decode_rate(teacher, teacher_state)
+            rows.append(f"| {context:,} | {rate:.1f} | {base:.1f} | {rate / base:.2f}× |")
     size = student.new_state().nbytes
-    return ["## Decode speed (greedy, batch 1, float32; teacher's 8k row at 8,064 tokens)", "", *rows, "",
+    return ["## Decode speed (greedy, batch 1, float32; the teacher's 8k row is at 8,064 tokens)", "", *rows, "",
             f"Student state: {size:,} bytes ({size / 2**20:.2f} MiB) in float32, whatever the length."]
 
 
@@ -148,25 +184,43 @@ def answer(model: LanguageModel, filler: str, question: str) -> str:
     return model.chat(messages, SamplingConfig(max_new_tokens=40)).text
 
 
+def is_right(reply: str, expected: str) -> bool:
+    """Any of the `|`-separated answers appears as a whole word ("7" is not found in "720")."""
+    return any(re.search(rf"(?<!\w){re.escape(e)}(?!\w)", reply.lower()) for e in expected.split("|"))
+
+
 def chat_section(teacher: LanguageModel, student: LanguageModel) -> list[str]:
-    text = (SHARED / "text" / "wikitext2_valid.txt").read_text(encoding="utf-8")
-    ids = teacher.tokenizer.encode(text[:40_000])
-    fillers = {n: teacher.tokenizer.decode(ids[:n]) for n in (1000, 4000)}
-    rows = ["| question | after | teacher | student | student right |", "| --- | --- | --- | --- | --- |"]
-    agree = right = 0
-    for n in (1000, 4000):
-        a = answer(student, fillers[n], QUESTIONS[0][0])
-        rows.append(f"| France | {n:,} tokens | {answer(teacher, fillers[n], QUESTIONS[0][0])!r} | {a!r} | "
-                    f"{'paris' in a.lower()} |")
-    for question, expected in QUESTIONS:
-        t, s = answer(teacher, fillers[1000], question), answer(student, fillers[1000], question)
-        ok_t = any(e in t.lower() for e in expected.split("|"))
-        ok_s = any(e in s.lower() for e in expected.split("|"))
-        agree += ok_t == ok_s
-        right += ok_s
-        rows.append(f"| {question[:40]} | 1,000 tokens | {t[:60]!r} | {s[:60]!r} | {ok_s} |")
-    return ["## Answers after long unrelated context", "", *rows, "",
-            f"Agreement (both right or both wrong) on the 10 questions: {agree}/10; student right: {right}/10."]
+    """Each question asked after 1,000 (France also 4,000) tokens of unrelated prose in the same
+    conversation, for two kinds of prose: the essays and WikiText-2 validation (with its `<unk>` and
+    ` @-@ ` markup)."""
+    out = ["## Answers after long unrelated context", "",
+           "Greedy, 40 new tokens. The prose is a user message of N tokens, acknowledged by the assistant, "
+           "then the question. Right = the expected word appears in the reply."]
+    texts = {"essays": essays_text()[:60_000],
+             "WikiText-2 validation": (SHARED / "text" / "wikitext2_valid.txt").read_text(encoding="utf-8")[:60_000]}
+    for name, text in texts.items():
+        ids = teacher.tokenizer.encode(text)
+        fillers = {n: teacher.tokenizer.decode(ids[:n]) for n in (1000, 4000)}
+        rows = ["| question | after | teacher | student | teacher right | student right |",
+                "| --- | --- | --- | --- | --- | --- |"]
+        agree = right = teacher_right = 0
+        france, expected = QUESTIONS[0]
+        replies = {n: (answer(teacher, fillers[n], france), answer(student, fillers[n], france)) for n in (1000, 4000)}
+        for n, (t, s) in replies.items():
+            rows.append(f"| France | {n:,} tokens | {t!r} | {s!r} | {is_right(t, expected)} | "
+                        f"{is_right(s, expected)} |")
+        for i, (question, expected) in enumerate(QUESTIONS):
+            t, s = replies[1000] if i == 0 else (answer(teacher, fillers[1000], question),
+                                                 answer(student, fillers[1000], question))
+            ok_t, ok_s = is_right(t, expected), is_right(s, expected)
+            agree += ok_t == ok_s
+            right += ok_s
+            teacher_right += ok_t
+            rows.append(f"| {question[:40]} | 1,000 tokens | {t[:60]!r} | {s[:60]!r} | {ok_t} | {ok_s} |")
+        out += ["", f"### After {name}", "", *rows, "",
+                f"10 questions: agreement (both right or both wrong) {agree}/10; teacher right {teacher_right}/10, "
+                f"student right {right}/10."]
+    return out
 
 
 def main() -> None:
@@ -175,28 +229,35 @@ def main() -> None:
     parser.add_argument("--long-tokens", type=int, default=32768)
     parser.add_argument("--variants", default="sinks,untrained,transfer,finetune",
                         help="Rows of the perplexity table; the last one that exists is evaluated further.")
+    parser.add_argument("--fresh", action="store_true", help="Forget earlier sections and rows.")
     args = parser.parse_args()
     sections = set(args.sections.split(","))
+    record = {"sections": {}, "ppl": {}} if args.fresh or not RECORD.exists() else json.loads(RECORD.read_text())
     teacher = load_model("teacher", cache_dir=CACHE)
     names = args.variants.split(",")
     variants = [v for v in (student_variant(teacher, n) for n in names) if v is not None]
     best = variants[-1][1]
-    report = [f"# Student vs teacher ({time.strftime('%Y-%m-%d')}, {torch.get_num_threads()} threads, "
-              f"load average {os.getloadavg()[0]:.1f})", ""]
+    stamp = (f"{time.strftime('%Y-%m-%d')}, {torch.get_num_threads()} threads, load average "
+             f"{os.getloadavg()[0]:.1f}, student: {variants[-1][0]}")
+    new: dict[str, list[str]] = {}
     if "ppl" in sections:
-        report += [*ppl_section(teacher, variants), ""]
+        new["ppl"] = ppl_section(teacher, variants, record["ppl"])
     states = None
     if "long" in sections or "decode" in sections:
         text, states = long_section(teacher, best, args.long_tokens)
-        report += [*text, ""] if "long" in sections else []
+        if "long" in sections:
+            new["long"] = text
     if "decode" in sections and states is not None:
-        report += [*decode_section(teacher, best, states), ""]
+        new["decode"] = decode_section(teacher, best, states)
     if "chat" in sections:
-        report += [*chat_section(teacher, best), ""]
-    report.append(f"Student evaluated: {variants[-1][0]}.")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text("\n".join(report) + "\n")
-    print("\n".join(report))
+        new["chat"] = chat_section(teacher, best)
+    for name, lines in new.items():
+        record["sections"][name] = [*lines, "", f"_Measured {stamp}._"]
+    RECORD.parent.mkdir(parents=True, exist_ok=True)
+    RECORD.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+    body = [line for name in SECTION_ORDER if name in record["sections"] for line in [*record["sections"][name], ""]]
+    RESULTS.write_text("\n".join(["# Student vs teacher", "", *body]))
+    print("\n".join(line for lines in new.values() for line in lines))
 
 
 if __name__ == "__main__":
