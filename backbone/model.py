@@ -178,8 +178,9 @@ class Transformer(nn.Module):
         return Rope(cos, sin, start)
 
     def forward(self, ids: torch.Tensor, state: LayeredState | None = None, *, last_only: bool = False,
-                capture: list[dict[str, torch.Tensor]] | None = None) -> torch.Tensor:
-        """Logits (batch, T, vocab) for token ids (batch, T).
+                capture: list[dict[str, torch.Tensor]] | None = None, hidden_only: bool = False) -> torch.Tensor:
+        """Logits (batch, T, vocab) for token ids (batch, T); with `hidden_only`, the normalised final hidden
+        states (batch, T, dim) that `lm_head` would turn into logits (distillation applies it in chunks).
 
         Without a state this is a plain causal forward over the whole sequence (training, perplexity),
         differentiable. With a state, the tokens continue it and the state advances. `last_only` keeps
@@ -199,4 +200,5 @@ class Transformer(nn.Module):
             x = layer(x, rope, None if state is None else state.layers[i], layer_capture)
         if last_only:
             x = x[:, -1:]
-        return self.lm_head(self.norm(x))
+        x = self.norm(x)
+        return x if hidden_only else self.lm_head(x)

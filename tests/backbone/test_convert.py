@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from backbone.convert.checkpoint import load_checkpoint
 from backbone.convert.data import BatchSampler, Corpus
@@ -85,6 +86,31 @@ def test_kl_matches_float64_reference() -> None:
     expected = (p * (torch.log_softmax(teacher.double(), -1) - torch.log_softmax(student.double(), -1))).sum(-1)
     assert torch.allclose(kl_divergence(student, teacher).double(), expected.mean(), atol=1e-6)
     assert float(kl_divergence(teacher, teacher)) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 40, 512])
+def test_chunked_distillation_equals_the_whole_sequence_loss(chunk: int) -> None:
+    teacher = tiny_model(seed=22)
+    student = build_student(teacher, dataclasses.replace(CONFIG, lora_rank=2))
+    params = trainable_parameters(student)
+    batch = torch.randint(0, TINY.vocab_size, (2, 40))
+    loss, parts = distillation_loss(teacher, student, chunk=chunk)(batch)
+    loss.backward()
+    chunked_grads = {name: param.grad.clone() for name, param in params.items()}
+    for param in params.values():
+        param.grad = None
+    student_logits = student(batch)
+    with torch.no_grad():
+        teacher_logits = teacher(batch)
+    whole = kl_divergence(student_logits, teacher_logits)
+    whole.backward()
+    assert float(loss.detach()) == pytest.approx(float(whole.detach()), rel=1e-5)
+    for name, param in params.items():
+        assert torch.allclose(chunked_grads[name], param.grad, rtol=1e-4, atol=1e-7), name
+    expected_ce = F.cross_entropy(student_logits[:, :-1].flatten(0, 1), batch[:, 1:].flatten())
+    assert parts["ce"] == pytest.approx(float(expected_ce), rel=1e-5)
+    expected_teacher_ce = F.cross_entropy(teacher_logits[:, :-1].flatten(0, 1), batch[:, 1:].flatten())
+    assert parts["teacher_ce"] == pytest.approx(float(expected_teacher_ce), rel=1e-5)
 
 
 def test_batches_are_a_function_of_the_step() -> None:
