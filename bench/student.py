@@ -8,7 +8,7 @@ replaces the sections it ran and keeps the others, and perplexity rows accumulat
 carries the checkpoint's token count, so the table shows the student improving as it trains; a row
 already measured is not measured again unless --fresh).
 
-    python -m bench.student [--sections ppl,long,chat,decode] [--long-tokens 32768] [--fresh]
+    python -m bench.student [--sections ppl,equivalence,long,decode,chat] [--long-tokens 32768] [--fresh]
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ SHARED = Path(os.environ.get("RILLET_SHARED_DATA", REPO.parent / "shared" / "dat
 TRAINING = REPO / "backbone" / "checkpoints" / "training"
 RESULTS = REPO / "bench" / "results" / "student.md"
 RECORD = RESULTS.with_suffix(".json")
-SECTION_ORDER = ("ppl", "long", "decode", "chat")
+SECTION_ORDER = ("ppl", "equivalence", "long", "decode", "chat")
 CACHE = REPO / ".data" / "cache"
 
 QUESTIONS = [
@@ -148,6 +148,28 @@ def long_section(teacher: LanguageModel, student: LanguageModel, total: int) -> 
     return text, kept
 
 
+def equivalence_section(teacher: LanguageModel, student: LanguageModel) -> list[str]:
+    """The student's logits over 1,500 tokens read at once, against the same tokens read as prefills in
+    pieces (state carried) and then one token at a time (the decoding step)."""
+    ids = wikitext_ids(teacher, 1500)[None]
+    rows = ["| read as | relative RMS of the logits vs one forward |", "| --- | --- |"]
+    with torch.inference_mode():
+        full = student.model(ids).double()
+        for splits, steps in (([1500], 0), ([700, 1, 499, 300], 0), ([1000, 300], 200), ([1], 99)):
+            state, pieces, start = student.new_state(), [], 0
+            for length in splits:
+                pieces.append(student.model(ids[:, start:start + length], state))
+                start += length
+            for position in range(start, start + steps):
+                pieces.append(student.step(int(ids[0, position]), state)[None, None])
+            got = torch.cat(pieces, dim=1).double()
+            expected = full[:, : got.shape[1]]
+            error = float((got - expected).pow(2).mean().sqrt() / expected.pow(2).mean().sqrt())
+            label = " + ".join(f"{n:,}" for n in splits) + (f" then {steps} steps" if steps else "")
+            rows.append(f"| {label} | {error:.1e} |")
+    return ["## Full forward = prefill in pieces = prefill then steps (goal: relative RMS ≤ 2e-3)", "", *rows]
+
+
 def decode_rate(model: LanguageModel, state, steps: int = 32, repeats: int = 3) -> float:
     """Greedy tokens per second from a copy of `state`: the median of `repeats` runs of `steps` tokens."""
     rates = []
@@ -225,7 +247,7 @@ def chat_section(teacher: LanguageModel, student: LanguageModel) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sections", default="ppl,long,chat,decode")
+    parser.add_argument("--sections", default="ppl,equivalence,long,decode,chat")
     parser.add_argument("--long-tokens", type=int, default=32768)
     parser.add_argument("--variants", default="sinks,untrained,transfer,finetune",
                         help="Rows of the perplexity table; the last one that exists is evaluated further.")
@@ -242,6 +264,8 @@ def main() -> None:
     new: dict[str, list[str]] = {}
     if "ppl" in sections:
         new["ppl"] = ppl_section(teacher, variants, record["ppl"])
+    if "equivalence" in sections:
+        new["equivalence"] = equivalence_section(teacher, best)
     states = None
     if "long" in sections or "decode" in sections:
         text, states = long_section(teacher, best, args.long_tokens)
