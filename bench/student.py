@@ -115,7 +115,9 @@ def ppl_section(teacher: LanguageModel, variants: list[tuple[str, LanguageModel]
             print(f"{label}: {measured[label]}", flush=True)
     base = measured["teacher (softmax)"][1]
     rows = ["| model | ppl @1,024 | ppl @2,048 | ratio to teacher @2,048 |", "| --- | --- | --- | --- |"]
-    rows += [f"| {label} | {p1:.2f} | {p2:.2f} | {p2 / base:.3f} |" for label, (p1, p2) in measured.items()]
+    ordered = ["teacher (softmax)", *(label for label in measured if label != "teacher (softmax)")]
+    rows += [f"| {label} | {measured[label][0]:.2f} | {measured[label][1]:.2f} | {measured[label][1] / base:.3f} |"
+             for label in ordered]
     return ["## Perplexity, wikitext2_test.txt, first 4,096 tokens (4 × 1,024 or 2 × 2,048 windows)", "", *rows]
 
 
