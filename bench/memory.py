@@ -37,6 +37,7 @@ import torch
 
 from backbone.generate import LanguageModel
 from backbone.loader import load_model
+from bench import write_keeping_notes
 from memory.codec import CodecOptions
 from memory.db import make_engine
 from memory.records import ChatMessage
@@ -240,10 +241,7 @@ def report(args, database: str, rows: list[Row], codec_rows: list[tuple], load: 
     for name, tokens, codec, size, save, resume_ms, exact in codec_rows:
         lines.append(f"| {name} | {tokens:,} | {codec} | {size / 2**20:.2f} | {save:.1f} | {resume_ms:.1f} "
                      f"| {'yes' if exact else 'no (lossy by design)' if 'bfloat16' in codec else 'NO'} |")
-    RESULTS.parent.mkdir(exist_ok=True)
-    previous = RESULTS.read_text() if RESULTS.exists() else ""
-    notes = previous[previous.index("## Notes"):] if "## Notes" in previous else ""
-    RESULTS.write_text("\n".join(lines) + "\n\n" + notes)
+    write_keeping_notes(RESULTS, lines)
     print("\n".join(lines))
     print(f"wrote {RESULTS}")
 

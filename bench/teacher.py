@@ -27,6 +27,7 @@ import torch
 
 from backbone.gguf import find_gguf
 from backbone.loader import load_model
+from bench import write_keeping_notes
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results" / "teacher.md"
@@ -175,10 +176,7 @@ def report(args, cold: float, cached: float, hf_load: float | None, rows: list[t
     for context, p_ours, d_ours, c_ours, p_hf, d_hf, c_hf in rows:
         lines.append(f"| {context:,} | {p_ours:.1f} | {p_hf:.1f} | {ratio(p_ours, p_hf)} | {d_ours:.1f} | {d_hf:.1f} "
                      f"| {ratio(d_ours, d_hf)} | {c_ours:.1f} | {c_hf:.1f} |")
-    RESULTS.parent.mkdir(exist_ok=True)
-    previous = RESULTS.read_text() if RESULTS.exists() else ""
-    notes = previous[previous.index("## Notes"):] if "## Notes" in previous else ""
-    RESULTS.write_text("\n".join(lines) + "\n\n" + notes)
+    write_keeping_notes(RESULTS, lines)
     print(f"wrote {RESULTS}")
 
 
