@@ -47,13 +47,23 @@ class Rope:
     GGUF loader undoes llama.cpp's interleaving permutation of the q/k weights to match it.
     """
 
-    def __init__(self, cos: torch.Tensor, sin: torch.Tensor, start: int) -> None:
+    def __init__(self, cos: torch.Tensor, sin: torch.Tensor, start: int,
+                 table: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         self.cos, self.sin, self.start = cos, sin, start
+        self.table = table  # the whole (positions, head_dim) cos and sin tables these rows were cut from
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         half = x.shape[-1] // 2
         rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
         return x * self.cos + rotated * self.sin
+
+    def capped(self, limit: int) -> Rope:
+        """The rotation of the same positions with every position past `limit` held at `limit`."""
+        if self.table is None:
+            raise ValueError("this Rope was built without its tables; use Transformer.rope")
+        positions = torch.arange(self.start, self.start + self.cos.shape[0], device=self.cos.device).clamp(max=limit)
+        cos, sin = self.table
+        return Rope(cos[positions].to(self.cos.dtype), sin[positions].to(self.sin.dtype), self.start, self.table)
 
 
 def rope_tables(head_dim: int, max_context: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,12 +86,17 @@ class SoftmaxAttention(nn.Module):
         self.v_proj = nn.Linear(config.dim, config.num_kv_heads * config.head_dim, bias=False)
         self.o_proj = nn.Linear(config.num_heads * config.head_dim, config.dim, bias=False)
 
-    def project(self, x: torch.Tensor, rope: Rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Post-RoPE queries (B, H, T, D) and keys, and values (B, H_kv, T, D)."""
+    def project_unrotated(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries (B, H, T, D), keys and values (B, H_kv, T, D) before RoPE."""
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        return q, k, v
+
+    def project(self, x: torch.Tensor, rope: Rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Post-RoPE queries (B, H, T, D) and keys, and values (B, H_kv, T, D)."""
+        q, k, v = self.project_unrotated(x)
         return rope.apply(q), rope.apply(k), v
 
     def forward(self, x: torch.Tensor, rope: Rope, cache: Any = None,
@@ -175,7 +190,7 @@ class Transformer(nn.Module):
             self.rope_cos, self.rope_sin = cos.to(self.rope_cos.device), sin.to(self.rope_sin.device)
         cos = self.rope_cos[start : start + length].to(dtype)
         sin = self.rope_sin[start : start + length].to(dtype)
-        return Rope(cos, sin, start)
+        return Rope(cos, sin, start, (self.rope_cos, self.rope_sin))
 
     def forward(self, ids: torch.Tensor, state: LayeredState | None = None, *, last_only: bool = False,
                 capture: list[dict[str, torch.Tensor]] | None = None, hidden_only: bool = False) -> torch.Tensor:

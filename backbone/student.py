@@ -5,6 +5,11 @@ the post-RoPE queries and keys to `HybridAttention` (exact softmax over 4 sinks 
 Hedgehog linear attention for everything between). Its state is a constant-size `RecurrentState`, so the
 student has no context limit.
 
+Two settings without parameters keep quality level far past the training length (bench/student.py,
+long-context table): the sinks are scored at a capped distance (`sink_distance`), and the linear sums
+decay with horizon `decay_horizon`, so their mass stops growing and the mix of exact and linear
+attention stays what training saw.
+
 The trained parameters (feature maps, mixing weights, LoRA) ship as one small safetensors file whose
 metadata records the student configuration and the teacher fingerprint it was trained on.
 """
@@ -34,6 +39,7 @@ log = logging.getLogger(__name__)
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 DEFAULT_STUDENT = CHECKPOINTS / "smollm2-135m-hybrid.safetensors"
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+DECAY_HORIZON = 1024.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,9 @@ class StudentConfig:
     key_map_per_query_head: bool = False
     mix_init: float = 0.0
     lora_rank: int = 0
+    # Length generalisation (no parameters; see the module docstring).
+    sink_distance: int | None = 4096
+    decay_horizon: float | None = DECAY_HORIZON
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -58,7 +67,12 @@ class StudentConfig:
 
 class StudentAttention(nn.Module):
     """The teacher's projections and RoPE around a `HybridAttention` core (same interface as
-    `SoftmaxAttention`, so `Block` needs no change)."""
+    `SoftmaxAttention`, so `Block` needs no change).
+
+    Past `sink_distance` tokens the sinks are scored with the query rotated as if at that position: the
+    teacher never saw a query–key distance beyond its context, and without this cap the sinks stop
+    absorbing attention there and perplexity explodes.
+    """
 
     def __init__(self, teacher: SoftmaxAttention, config: StudentConfig) -> None:
         super().__init__()
@@ -67,13 +81,18 @@ class StudentAttention(nn.Module):
                                       sinks=config.sinks, window=config.window, feature_map=config.feature_map,
                                       feature_dim=config.feature_dim,
                                       key_map_per_query_head=config.key_map_per_query_head,
-                                      mix_init=config.mix_init)
+                                      mix_init=config.mix_init, decay_horizon=config.decay_horizon)
+        self.sink_distance = config.sink_distance
 
     def forward(self, x: torch.Tensor, rope: Rope, cache: Any = None,
                 capture: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         b, t, _ = x.shape
-        q, k, v = self.projections.project(x, rope)
-        context = self.hybrid(q, k, v, cache)
+        q_unrotated, k_unrotated, v = self.projections.project_unrotated(x)
+        q, k = rope.apply(q_unrotated), rope.apply(k_unrotated)
+        sink_q = None
+        if self.sink_distance is not None and rope.start + t > self.sink_distance:
+            sink_q = rope.capped(self.sink_distance).apply(q_unrotated)
+        context = self.hybrid(q, k, v, cache, sink_q=sink_q)
         out = self.projections.o_proj(context.transpose(1, 2).reshape(b, t, -1))
         if capture is not None:
             capture.update(q=q, k=k, v=v, context=context, output=out)

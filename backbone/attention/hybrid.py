@@ -4,6 +4,10 @@ For the query at position t, key j falls in exactly one of two sets:
     exact  E_t = {j ≤ t : j < sinks  or  j > t − window}       weight exp(q·k_j/√d)
     linear L_t = {sinks ≤ j ≤ t − window}                       weight α_h φ(q)·φ(k_j)
 and o_t = Σ_j w_j v_j / Σ_j w_j over both sets: one normaliser, with a learned per-head mix α_h = exp(β_h).
+Two options serve long conversations: a decay γ ∈ (0, 1] per state head weights a linear key by
+γ^(t − j − window) (counted from when it joined the sums), so the linear mass saturates near 1/(1 − γ)
+keys instead of growing without bound; and separate sink queries score the sinks, so a caller can hold
+the sinks at a relative distance its positional encoding was trained on (see backbone/student.py).
 Equivalently a softmax over all j ≤ t in which linear keys score β_h + log φ(q)·φ(k_j); that is how the
 max-subtraction stays consistent: the common shift m_t = max(max_E score, β_h + log Σ_L φ(q)·φ(k_j)) is taken
 over both parts, so neither exp overflows and the linear sum is scaled by exp(β_h − m_t) like the rest.
@@ -61,16 +65,24 @@ def hybrid_attention(
     log_weight: torch.Tensor,
     spec: StateSpec,
     state: LayerState | None = None,
+    log_decay: torch.Tensor | None = None,
+    sink_q: torch.Tensor | None = None,
     chunk_size: int = CHUNK_SIZE,
     backend: str = "auto",
 ) -> torch.Tensor:
     """Hybrid attention of q (B, Hq, T, D) over k, v (B, Hkv, T, D), all after RoPE.
 
     Without `state` the sequence starts at position 0 (training). With `state` the tokens continue it and
-    the state is advanced in place; T == 1 takes the decoding step. `backend` picks how the linear part
-    is computed (see dispatch.py).
+    the state is advanced in place; T == 1 takes the decoding step. `log_decay` (state heads,) is log γ
+    of the linear sums (None: no decay); `sink_q`, shaped like q, replaces q in the sink scores only.
+    `backend` picks how the linear part is computed (see dispatch.py).
     """
     check_qkv(q, k, v)
+    if sink_q is not None and sink_q.shape != q.shape:
+        raise ValueError(f"sink_q must be shaped like q {tuple(q.shape)}; got {tuple(sink_q.shape)}")
+    if log_decay is not None and log_decay.shape != (spec.state_heads,):
+        raise ValueError(f"log_decay must have one value per state head ({spec.state_heads},); "
+                         f"got {tuple(log_decay.shape)}")
     if q.shape[-1] != spec.head_dim or k.shape[1] != spec.kv_heads:
         raise ValueError(
             f"inputs q {tuple(q.shape)}, k {tuple(k.shape)} do not fit this attention "
@@ -83,24 +95,27 @@ def hybrid_attention(
     if state is not None:
         state.check(spec, q.shape[0], q.dtype)
         if q.shape[2] == 1:
-            return _step(q, k, v, feature_map_q, feature_map_k, log_weight, spec, state)
+            return _step(q, k, v, sink_q, feature_map_q, feature_map_k, log_weight, log_decay, spec, state)
         if q.shape[2] > PREFILL_SEGMENT:  # bounded memory: long prompts go in segments, the state carried
-            segments = zip(*(x.split(PREFILL_SEGMENT, dim=2) for x in (q, k, v)), strict=True)
+            pieces = [x.split(PREFILL_SEGMENT, dim=2) for x in (q, k, v)]
+            sink_pieces = [None] * len(pieces[0]) if sink_q is None else sink_q.split(PREFILL_SEGMENT, dim=2)
             return torch.cat(
                 [
-                    _sequence(*qkv, feature_map_q, feature_map_k, log_weight, spec, state, chunk_size, backend)
-                    for qkv in segments
+                    _sequence(*qkv, sq, feature_map_q, feature_map_k, log_weight, log_decay, spec, state,
+                              chunk_size, backend)
+                    for *qkv, sq in zip(*pieces, sink_pieces, strict=True)
                 ],
                 dim=2,
             )
-    return _sequence(q, k, v, feature_map_q, feature_map_k, log_weight, spec, state, chunk_size, backend)
+    return _sequence(q, k, v, sink_q, feature_map_q, feature_map_k, log_weight, log_decay, spec, state, chunk_size,
+                     backend)
 
 
 def _expand_to_state_heads(x: torch.Tensor, spec: StateSpec) -> torch.Tensor:
     return x.repeat_interleave(spec.state_heads // spec.kv_heads, dim=1) if spec.state_heads != spec.kv_heads else x
 
 
-def _sequence(q, k, v, feature_map_q, feature_map_k, log_weight, spec, state, chunk_size, backend):
+def _sequence(q, k, v, sink_q, feature_map_q, feature_map_k, log_weight, log_decay, spec, state, chunk_size, backend):
     batch, q_heads, length, head_dim = q.shape
     kv_heads, sinks, window = spec.kv_heads, spec.sinks, spec.window
     if length == 0:
@@ -134,7 +149,11 @@ def _sequence(q, k, v, feature_map_q, feature_map_k, log_weight, spec, state, ch
 
     scale = head_dim**-0.5
     window_scores = torch.einsum("bhgnid,bhnjd->bhgnij", q_blocks, window_k) * scale
-    sink_scores = torch.einsum("bhgnid,bhsd->bhgnis", q_blocks, sink_k) * scale
+    if sink_q is not None:
+        q_blocks_for_sinks = _grouped(F.pad(sink_q, (0, 0, 0, pad)), kv_heads).reshape(q_blocks.shape)
+    else:
+        q_blocks_for_sinks = q_blocks
+    sink_scores = torch.einsum("bhgnid,bhsd->bhgnis", q_blocks_for_sinks, sink_k) * scale
     device = q.device
     i = torch.arange(window, device=device)[:, None]
     j = torch.arange(2 * window, device=device)[None, :]
@@ -153,7 +172,7 @@ def _sequence(q, k, v, feature_map_q, feature_map_k, log_weight, spec, state, ch
     key_features = feature_map_k(shifted_k) * (shifted_position >= sinks)[:, None].to(q.dtype)
     query_features = feature_map_q(q)
     values = torch.cat([shifted_v, shifted_v.new_ones(*shifted_v.shape[:-1], 1)], dim=-1)
-    linear, final = linear_core(query_features, key_features, values, None, initial, chunk_size, backend)
+    linear, final = linear_core(query_features, key_features, values, log_decay, initial, chunk_size, backend)
     linear = _grouped(F.pad(linear, (0, 0, 0, pad)), kv_heads).reshape(*q_blocks.shape[:-1], head_dim + 1)
 
     log_w = _grouped(log_weight.to(q.dtype)[None, :, None, None, None], kv_heads)  # (1, Hkv, G, 1, 1, 1)
@@ -178,7 +197,7 @@ def _sequence(q, k, v, feature_map_q, feature_map_k, log_weight, spec, state, ch
     return out
 
 
-def _step(q, k, v, feature_map_q, feature_map_k, log_weight, spec, state):
+def _step(q, k, v, sink_q, feature_map_q, feature_map_k, log_weight, log_decay, spec, state):
     """One token at position t = state.num_tokens; updates the state in place.
 
     At decoding speed the per-op overhead, not arithmetic, is the cost, so this is kept to about 25 tensor
@@ -194,6 +213,10 @@ def _step(q, k, v, feature_map_q, feature_map_k, log_weight, spec, state):
         leaving_k = _expand_to_state_heads(exact_k.narrow(2, slot, 1), spec)
         leaving_v = _expand_to_state_heads(exact_v.narrow(2, slot, 1), spec)
         features = feature_map_k(leaving_k)  # (B, Hs, 1, F)
+        if log_decay is not None:  # the sums are empty until the first key joins, so decaying starts here
+            decay = torch.exp(log_decay).to(kv.dtype)
+            kv.mul_(decay[:, None, None])
+            k_sum.mul_(decay[:, None])
         kv.addcmul_(features.mT, leaving_v)
         k_sum.add_(features.squeeze(2))
     exact_k.narrow(2, slot, 1).copy_(k)
@@ -205,6 +228,10 @@ def _step(q, k, v, feature_map_q, feature_map_k, log_weight, spec, state):
     slots, groups = sinks + window, q_heads // kv_heads
     scores = torch.bmm(q.reshape(batch * kv_heads, groups, head_dim), exact_k.reshape(-1, slots, head_dim).mT)
     scores = scores.view(batch, kv_heads, groups, slots)
+    if sink_q is not None and sinks:
+        sink_k = exact_k[:, :, :sinks].reshape(-1, sinks, head_dim)
+        sink_scores = torch.bmm(sink_q.reshape(batch * kv_heads, groups, head_dim), sink_k.mT)
+        scores[..., :sinks] = sink_scores.view(batch, kv_heads, groups, sinks)
     if t < slots - 1:  # warming up: unseen sink slots and ring slots holding sinks are not attended
         scores.masked_fill_(_unattended_slots(sinks, window, q.device)[t], float("-inf"))
     query_features = feature_map_q(q).reshape(batch * state_heads, q_heads // state_heads, -1)  # (B·Hs, Gs, F)
@@ -243,10 +270,14 @@ def naive_hybrid_attention(
     log_weight: torch.Tensor,
     sinks: int,
     window: int,
+    *,
+    decay: torch.Tensor | None = None,
+    sink_q: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Reference: the (T × T) masked definition in float64, from position 0; returns float64.
 
-    `key_features` has kv heads or query heads; it is expanded to query heads like k and v.
+    `key_features` has kv heads or query heads; it is expanded to query heads like k and v, and so is
+    `decay` (γ, one per key-feature head). `sink_q` scores keys j < sinks in place of q.
     """
     q, k, v = q.double(), k.double(), v.double()
     query_features, key_features = query_features.double(), key_features.double()
@@ -258,10 +289,15 @@ def naive_hybrid_attention(
     exact_set = (j <= t) & ((j < sinks) | (j > t - window))
     linear_set = (j <= t) & ~exact_set
     scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    if sink_q is not None:
+        scores = torch.where(j < sinks, (sink_q.double() @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1]), scores)
     shift = scores.masked_fill(~exact_set, float("-inf")).amax(-1, keepdim=True)
     exact = torch.exp(scores - shift) * exact_set
     alpha = torch.exp(log_weight.double())[None, :, None, None]
     linear = alpha * (query_features @ key_features.transpose(-1, -2)) * linear_set * torch.exp(-shift)
+    if decay is not None:
+        gamma = decay.double().repeat_interleave(q_heads // decay.shape[0])[:, None, None]
+        linear = linear * gamma ** (t - j - window).clamp_min(0)
     weights = exact + linear
     return (weights @ v) / weights.sum(-1, keepdim=True)
 
@@ -271,7 +307,8 @@ class HybridAttention(nn.Module):
 
     Keys are mapped per key/value head by default, so the linear sums are (Hkv, F, D) and a 30-layer
     state of SmolLM2's shape stays near 6 MB in float32; `key_map_per_query_head` gives every query head
-    its own key map at three times the linear-state size.
+    its own key map at three times the linear-state size. `decay_horizon` H sets γ = 1 − 1/H on every
+    state head (None: no decay), so the linear part weighs about the last H keys past the window.
     """
 
     def __init__(
@@ -286,16 +323,21 @@ class HybridAttention(nn.Module):
         feature_dim: int | None = None,
         key_map_per_query_head: bool = False,
         mix_init: float = 0.0,
+        decay_horizon: float | None = None,
         chunk_size: int = CHUNK_SIZE,
         backend: str = "auto",
     ) -> None:
         super().__init__()
+        if decay_horizon is not None and decay_horizon < 1:
+            raise ValueError(f"decay_horizon must be at least 1 token (γ = 1 − 1/H), got {decay_horizon}")
         if num_heads % num_kv_heads:
             raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
         state_heads = num_heads if key_map_per_query_head else num_kv_heads
         self.feature_map_q = make_feature_map(feature_map, head_dim, num_heads, feature_dim)
         self.feature_map_k = make_feature_map(feature_map, head_dim, state_heads, feature_dim)
         self.log_weight = nn.Parameter(torch.full((num_heads,), float(mix_init)))
+        log_decay = None if decay_horizon is None else torch.full((state_heads,), math.log1p(-1.0 / decay_horizon))
+        self.register_buffer("log_decay", log_decay, persistent=False)
         self.chunk_size = chunk_size
         self.backend = backend
         self.spec = StateSpec(
@@ -313,7 +355,12 @@ class HybridAttention(nn.Module):
         return LayerState.empty(self.spec, batch, device, dtype)
 
     def forward(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: LayerState | None = None
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        state: LayerState | None = None,
+        sink_q: torch.Tensor | None = None,
     ) -> torch.Tensor:
         return hybrid_attention(
             q,
@@ -324,6 +371,8 @@ class HybridAttention(nn.Module):
             log_weight=self.log_weight,
             spec=self.spec,
             state=state,
+            log_decay=self.log_decay,
+            sink_q=sink_q,
             chunk_size=self.chunk_size,
             backend=self.backend,
         )

@@ -9,10 +9,11 @@ from backbone.attention import HybridAttention, RecurrentState, naive_hybrid_att
 from tests.backbone.attention_helpers import relative_rms
 
 
-def make_attention(heads, kv_heads, head_dim, sinks, window, per_query=False, seed=0, mix=None):
+def make_attention(heads, kv_heads, head_dim, sinks, window, per_query=False, seed=0, mix=None, horizon=None):
     """A hybrid attention with random (trained-looking) feature maps and mix weights."""
     torch.manual_seed(seed)
-    attention = HybridAttention(heads, kv_heads, head_dim, sinks=sinks, window=window, key_map_per_query_head=per_query)
+    attention = HybridAttention(heads, kv_heads, head_dim, sinks=sinks, window=window, key_map_per_query_head=per_query,
+                                decay_horizon=horizon)
     with torch.no_grad():
         for feature_map in (attention.feature_map_q, attention.feature_map_k):
             feature_map.weight.normal_(0, 0.5)
@@ -31,7 +32,7 @@ def random_qkv(batch, heads, kv_heads, length, head_dim, scale=1.5, dtype=torch.
     return q, k, v
 
 
-def reference(attention, q, k, v):
+def reference(attention, q, k, v, sink_q=None):
     """The float64 masked definition with the module's own (float64) feature maps."""
     spec = attention.spec
     double = HybridAttention(
@@ -46,7 +47,9 @@ def reference(attention, q, k, v):
     k64 = k.double().repeat_interleave(spec.state_heads // spec.kv_heads, 1)
     with torch.no_grad():
         features_q, features_k = double.feature_map_q(q.double()), double.feature_map_k(k64)
-    return naive_hybrid_attention(q, k, v, features_q, features_k, double.log_weight.detach(), spec.sinks, spec.window)
+    decay = None if attention.log_decay is None else attention.log_decay.double().exp()
+    return naive_hybrid_attention(q, k, v, features_q, features_k, double.log_weight.detach(), spec.sinks, spec.window,
+                                  decay=decay, sink_q=sink_q)
 
 
 CASES = [  # (heads, kv_heads, head_dim, sinks, window, per_query)
@@ -116,16 +119,22 @@ def test_split_calls_and_steps_match_one_call(case):
         torch.testing.assert_close(tensor, stepped_state.tensors[name], rtol=1e-5, atol=1e-5, msg=name)
 
 
-def test_gradients_match_definition():
-    attention = make_attention(4, 2, 16, 2, 8, seed=5).double()
+@pytest.mark.parametrize("options", [False, True])
+def test_gradients_match_definition(options):
+    """Also with decay and sink queries (`options`), which training at long lengths uses."""
+    attention = make_attention(4, 2, 16, 2, 8, seed=5, horizon=10.0 if options else None).double()
     q, k, v = (x.requires_grad_() for x in random_qkv(1, 4, 2, 70, 16, dtype=torch.float64))
-    attention(q, k, v).pow(2).sum().backward()
-    fast = [x.grad.clone() for x in (q, k, v)] + [p.grad.clone() for p in attention.parameters()]
-    for x in (q, k, v, *attention.parameters()):
+    sink_q = torch.randn_like(q).requires_grad_() if options else None
+    attention(q, k, v, sink_q=sink_q).pow(2).sum().backward()
+    inputs = (q, k, v) if sink_q is None else (q, k, v, sink_q)
+    fast = [x.grad.clone() for x in inputs] + [p.grad.clone() for p in attention.parameters()]
+    for x in (*inputs, *attention.parameters()):
         x.grad = None
     features_q, features_k = attention.feature_map_q(q), attention.feature_map_k(k)
-    naive_hybrid_attention(q, k, v, features_q, features_k, attention.log_weight, 2, 8).pow(2).sum().backward()
-    slow = [x.grad for x in (q, k, v)] + [p.grad for p in attention.parameters()]
+    decay = None if attention.log_decay is None else attention.log_decay.exp()
+    naive_hybrid_attention(q, k, v, features_q, features_k, attention.log_weight, 2, 8, decay=decay,
+                           sink_q=sink_q).pow(2).sum().backward()
+    slow = [x.grad for x in inputs] + [p.grad for p in attention.parameters()]
     for got, expected in zip(fast, slow, strict=True):
         assert relative_rms(got, expected) < 1e-9
 
@@ -166,3 +175,66 @@ def test_long_prefill_in_segments_matches_one_pass(monkeypatch):
         segmented = attention(q, k, v, state)
     assert state.num_tokens == 130
     assert relative_rms(segmented, whole) < 1e-5
+
+
+@pytest.mark.parametrize("length", [1, 63, 500])
+@pytest.mark.parametrize("case", CASES)
+def test_decay_and_sink_queries_match_definition(case, length):
+    heads, kv_heads, head_dim, sinks, window, per_query = case
+    attention = make_attention(heads, kv_heads, head_dim, sinks, window, per_query, seed=length, horizon=30.0)
+    q, k, v = random_qkv(2, heads, kv_heads, length, head_dim)
+    sink_q = torch.randn_like(q) * 1.5
+    with torch.no_grad():
+        out = attention(q, k, v, sink_q=sink_q)
+    assert relative_rms(out, reference(attention, q, k, v, sink_q)) < 1e-4
+    if length > window + sinks:  # both options change the answer, so the comparison above can fail
+        if sinks:
+            assert relative_rms(out, reference(attention, q, k, v)) > 1e-3
+        attention.log_decay = None
+        with torch.no_grad():
+            assert relative_rms(attention(q, k, v, sink_q=sink_q), out) > 1e-3
+
+
+@pytest.mark.parametrize("case", CASES[:3])
+def test_decay_and_sink_queries_split_and_step_like_one_call(case):
+    heads, kv_heads, head_dim, sinks, window, per_query = case
+    attention = make_attention(heads, kv_heads, head_dim, sinks, window, per_query, seed=7, horizon=12.0)
+    length = 3 * window + 11
+    q, k, v = random_qkv(1, heads, kv_heads, length, head_dim)
+    sink_q = torch.randn_like(q)
+    with torch.no_grad():
+        whole = attention(q, k, v, sink_q=sink_q)
+        state, pieces, start = attention.new_state(), [], 0
+        for end in (2, window + 1, window + 2, 2 * window + 5, length):
+            part = slice(start, end)
+            pieces.append(attention(q[:, :, part], k[:, :, part], v[:, :, part], state, sink_q=sink_q[:, :, part]))
+            start = end
+        stepped = attention.new_state()
+        steps = [attention(q[:, :, t : t + 1], k[:, :, t : t + 1], v[:, :, t : t + 1], stepped,
+                           sink_q=sink_q[:, :, t : t + 1]) for t in range(length)]
+    assert relative_rms(torch.cat(pieces, 2), whole) < 1e-5
+    assert relative_rms(torch.cat(steps, 2), whole) < 1e-5
+    for name, tensor in state.tensors.items():
+        torch.testing.assert_close(tensor, stepped.tensors[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_decay_bounds_the_linear_mass():
+    """Each Hedgehog key adds exactly 2 to its k_sum (two softmax halves); with γ = 1 − 1/H the total is
+    2·(1 − γⁿ)/(1 − γ) < 2H after n keys joined, without decay it is 2n."""
+    sinks, window, length, horizon = 4, 16, 700, 50.0
+    joined = length - window - sinks
+    for decay_horizon, expected in ((None, 2.0 * joined), (horizon, 2.0 * horizon * (1 - (1 - 1 / horizon) ** joined))):
+        attention = make_attention(4, 2, 16, sinks, window, seed=2, horizon=decay_horizon).double()
+        state = attention.new_state(dtype=torch.float64)
+        with torch.no_grad():
+            attention(*random_qkv(1, 4, 2, length, 16, dtype=torch.float64), state)
+        torch.testing.assert_close(state.tensors["k_sum"].sum(-1), torch.full((1, 2), expected, dtype=torch.float64))
+
+
+def test_decay_and_sink_query_errors():
+    with pytest.raises(ValueError, match="decay_horizon"):
+        HybridAttention(4, 2, 16, decay_horizon=0.5)
+    attention = HybridAttention(4, 2, 16, sinks=2, window=8)
+    q, k, v = random_qkv(1, 4, 2, 10, 16)
+    with pytest.raises(ValueError, match="sink_q must be shaped like q"):
+        attention(q, k, v, sink_q=q[:, :, :3])

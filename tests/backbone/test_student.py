@@ -24,7 +24,7 @@ from backbone.student import (
 from tests.backbone.attention_helpers import relative_rms
 from tests.backbone.test_teacher import TINY, tiny_model
 
-SMALL = StudentConfig(sinks=2, window=16)
+SMALL = StudentConfig(sinks=2, window=16, sink_distance=40, decay_horizon=30.0)  # both active past 40 tokens
 
 
 def perturb(student: torch.nn.Module, seed: int) -> None:
@@ -132,3 +132,33 @@ def test_parameter_file_round_trip_and_checks(tmp_path: Path) -> None:
         load_student(teacher, path)
     with pytest.raises(FileNotFoundError, match="rillet convert"):
         load_student(teacher, tmp_path / "missing.safetensors")
+
+
+def test_capped_rope_holds_positions_past_the_limit() -> None:
+    model = tiny_model(seed=16)
+    rope = model.rope(10, 50, torch.float32).capped(30)
+    inv_freq = 1.0 / TINY.rope_theta ** (torch.arange(0, TINY.head_dim, 2, dtype=torch.float64) / TINY.head_dim)
+    positions = torch.arange(10, 60, dtype=torch.float64).clamp(max=30)
+    angles = torch.outer(positions, inv_freq).repeat(1, 2)
+    torch.testing.assert_close(rope.cos, angles.cos().float())
+    torch.testing.assert_close(rope.sin, angles.sin().float())
+
+
+def test_sink_distance_and_decay_change_only_what_they_should() -> None:
+    """Up to `sink_distance` the cap changes nothing; past it the output moves. Decay moves the output as soon
+    as a second key has joined the linear sums (position sinks + window + 1)."""
+    teacher = tiny_model(seed=17)
+    ids = torch.randint(0, TINY.vocab_size, (1, 90))
+    outputs = {}
+    for name, config in (("plain", StudentConfig(sinks=2, window=16, sink_distance=None, decay_horizon=None)),
+                         ("capped", StudentConfig(sinks=2, window=16, sink_distance=40, decay_horizon=None)),
+                         ("decayed", StudentConfig(sinks=2, window=16, sink_distance=None, decay_horizon=30.0))):
+        student = build_student(teacher, config)
+        perturb(student, 5)
+        with torch.no_grad():
+            outputs[name] = student(ids)[0]
+    plain, capped, decayed = outputs["plain"], outputs["capped"], outputs["decayed"]
+    torch.testing.assert_close(capped[:41], plain[:41])
+    assert relative_rms(capped[41:], plain[41:]) > 1e-3
+    torch.testing.assert_close(decayed[:19], plain[:19])
+    assert relative_rms(decayed[19:], plain[19:]) > 1e-3
