@@ -15,6 +15,8 @@ from backbone.convert.data import BatchSampler, Corpus
 from backbone.convert.losses import attention_transfer_loss, distillation_loss, kl_divergence
 from backbone.convert.train import Schedule, train
 from backbone.student import StudentConfig, build_student, trainable_parameters
+from tests.backbone.attention_helpers import relative_rms
+from tests.backbone.test_student import perturb
 from tests.backbone.test_teacher import TINY, tiny_model
 
 CONFIG = StudentConfig(sinks=2, window=8)
@@ -92,9 +94,11 @@ def test_kl_matches_float64_reference() -> None:
 def test_chunked_distillation_equals_the_whole_sequence_loss(chunk: int) -> None:
     teacher = tiny_model(seed=22)
     student = build_student(teacher, dataclasses.replace(CONFIG, lora_rank=2))
+    perturb(student, seed=chunk)  # an untrained student is nearly the teacher: a KL near 0 would test nothing
     params = trainable_parameters(student)
     batch = torch.randint(0, TINY.vocab_size, (2, 40))
     loss, parts = distillation_loss(teacher, student, chunk=chunk)(batch)
+    assert float(loss.detach()) > 1e-3
     loss.backward()
     chunked_grads = {name: param.grad.clone() for name, param in params.items()}
     for param in params.values():
@@ -106,9 +110,9 @@ def test_chunked_distillation_equals_the_whole_sequence_loss(chunk: int) -> None
     whole.backward()
     assert float(loss.detach()) == pytest.approx(float(whole.detach()), rel=1e-5)
     for name, param in params.items():
-        assert torch.allclose(chunked_grads[name], param.grad, rtol=1e-4, atol=1e-7), name
+        assert relative_rms(chunked_grads[name], param.grad) < 1e-5, name
     expected_ce = F.cross_entropy(student_logits[:, :-1].flatten(0, 1), batch[:, 1:].flatten())
-    assert parts["ce"] == pytest.approx(float(expected_ce), rel=1e-5)
+    assert parts["ce"] == pytest.approx(float(expected_ce.detach()), rel=1e-5)
     expected_teacher_ce = F.cross_entropy(teacher_logits[:, :-1].flatten(0, 1), batch[:, 1:].flatten())
     assert parts["teacher_ce"] == pytest.approx(float(expected_teacher_ce), rel=1e-5)
 
