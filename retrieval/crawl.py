@@ -15,8 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pathspec
-
+from retrieval.ignore_rules import IgnorePattern, compile_patterns, verdict
 from retrieval.languages import BINARY_EXTENSIONS, DOCUMENTS, GENERATED_NAMES, MINIFIED_SUFFIXES, detect
 
 log = logging.getLogger(__name__)
@@ -49,13 +48,13 @@ class Entry:
 class _Rules:
     """The .gitignore files in force in one folder: (folder prefix, spec), outermost first."""
 
-    layers: tuple[tuple[str, pathspec.GitIgnoreSpec], ...]
+    layers: tuple[tuple[str, tuple[IgnorePattern, ...]], ...]
 
     def ignored(self, rel: str, is_dir: bool) -> bool:
-        for prefix, spec in reversed(self.layers):
-            result = spec.check_file(rel[len(prefix):] + ("/" if is_dir else ""))
-            if result.include is not None:
-                return bool(result.include)
+        for prefix, patterns in reversed(self.layers):
+            said = verdict(patterns, rel[len(prefix):], is_dir)
+            if said is not None:
+                return said
         return False
 
 
@@ -65,7 +64,7 @@ class Crawler:
     def __init__(self, roots: Sequence[Path | str], ignore: Sequence[str] = (), *,
                  max_bytes: int = 2 * MiB, max_document_bytes: int = 64 * MiB) -> None:
         self.roots = [Path(r).expanduser() for r in roots]
-        self.user_rules = pathspec.GitIgnoreSpec.from_lines(ignore)
+        self.user_rules = compile_patterns(ignore)
         self.max_bytes, self.max_document_bytes = max_bytes, max_document_bytes
 
     def __iter__(self) -> Iterator[Entry]:
@@ -73,8 +72,7 @@ class Crawler:
             yield from self._walk(number, root)
 
     def _user_says(self, rel: str, is_dir: bool) -> bool | None:
-        result = self.user_rules.check_file(rel + ("/" if is_dir else ""))
-        return None if result.include is None else bool(result.include)
+        return verdict(self.user_rules, rel, is_dir)
 
     def _hidden(self, rel: str, is_dir: bool, rules: _Rules) -> bool:
         verdict = self._user_says(rel, is_dir)
@@ -166,4 +164,4 @@ def _with_gitignore(folder: Path, prefix: str, rules: _Rules) -> _Rules:
     except OSError as exc:
         log.warning("Cannot read %s: %s", gitignore, exc.strerror)
         return rules
-    return _Rules((*rules.layers, (prefix, pathspec.GitIgnoreSpec.from_lines(lines))))
+    return _Rules((*rules.layers, (prefix, compile_patterns(lines, str(gitignore)))))
