@@ -19,6 +19,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse
+import dataclasses
 import json
 import re
 import time
@@ -57,8 +58,9 @@ QUESTIONS = [
 ]
 
 
-def student_variant(teacher: LanguageModel, name: str) -> tuple[str, LanguageModel] | None:
-    """A student model for one row: 'sinks' (linear part switched off), 'untrained', or a stage name."""
+def student_variant(teacher: LanguageModel, name: str, plain: bool = False) -> tuple[str, LanguageModel] | None:
+    """A student model for one row: 'sinks' (linear part switched off), 'untrained', or a stage name;
+    `plain` switches the length settings (sink distance cap, decay) off."""
     if name in ("sinks", "untrained"):
         model = build_student(teacher.model, StudentConfig())
         if name == "sinks":
@@ -66,12 +68,17 @@ def student_variant(teacher: LanguageModel, name: str) -> tuple[str, LanguageMod
                 for layer in model.layers:
                     layer.attention.hybrid.log_weight.fill_(-1e4)
         label = "window 64 + 4 sinks, no linear part" if name == "sinks" else "hybrid, untrained Hedgehog"
+        if name == "untrained":
+            label += decay_label(StudentConfig())
         return label, wrap_student(model.eval(), teacher, name)
     folder = TRAINING / name
     if not (folder / "progress.json").exists():
         return None
     saved, _, progress = load_checkpoint(folder)
-    model = build_student(teacher.model, student_config(name))
+    config = student_config(name)
+    if plain:
+        config = dataclasses.replace(config, sink_distance=None, decay_horizon=None)
+    model = build_student(teacher.model, config)
     params = trainable_parameters(model)
     with torch.no_grad():
         for key, value in saved.items():
@@ -80,7 +87,13 @@ def student_variant(teacher: LanguageModel, name: str) -> tuple[str, LanguageMod
         if isinstance(module, LoRALinear):
             module.merge()
     label = {"transfer": "attention transfer", "finetune": "transfer + LoRA distillation"}[name]
-    return f"{label} ({progress.tokens:,} tokens)", wrap_student(model.eval().requires_grad_(False), teacher, name)
+    label = f"{label} ({progress.tokens:,} tokens){decay_label(config)}"
+    return label, wrap_student(model.eval().requires_grad_(False), teacher, name)
+
+
+def decay_label(config: StudentConfig) -> str:
+    """Rows measured before the linear sums decayed are kept under their old labels, marked 'no decay'."""
+    return "" if config.decay_horizon is None else f", decay {config.decay_horizon:,.0f}"
 
 
 def wikitext_ids(teacher: LanguageModel, count: int) -> torch.Tensor:
@@ -121,9 +134,11 @@ def ppl_section(teacher: LanguageModel, variants: list[tuple[str, LanguageModel]
     return ["## Perplexity, wikitext2_test.txt, first 4,096 tokens (4 × 1,024 or 2 × 2,048 windows)", "", *rows]
 
 
-def long_section(teacher: LanguageModel, student: LanguageModel, total: int) -> tuple[list[str], dict]:
+def long_section(teacher: LanguageModel, student: LanguageModel, total: int,
+                 plain: LanguageModel | None = None) -> tuple[list[str], dict]:
     """Perplexity by position over each long stream, read chunk by chunk through the state; returns the
-    table and the states kept on the essays for the decode section."""
+    table and the states kept on the essays for the decode section. `plain`, the same student without
+    its length settings, gets a column on the essays to show what they do."""
     edges = [e for e in (0, 1024, 2048, 4096, 8192, 12288, 16384, 24576) if e < total] + [total]
     teacher_end = min(total, 8192)  # the teacher's context
     header, rows = ["positions"], {(lo, hi): [f"{lo:,}–{hi:,}"] for lo, hi in pairwise(edges)}
@@ -143,10 +158,17 @@ def long_section(teacher: LanguageModel, student: LanguageModel, total: int) -> 
         for bucket, cells in rows.items():
             t = teacher_ppl.get(bucket)
             cells += [f"{student_ppl[bucket]:.2f}", "n/a (past its context)" if t is None else f"{t:.2f}"]
+        if plain is not None and name == "essays":
+            plain_ppl = {(lo, hi): p for lo, hi, p in bucket_perplexity(streaming_nll(plain, ids)[0], edges)}
+            header.append(f"student without sink cap and decay, {name}")
+            for bucket, cells in rows.items():
+                cells.append(f"{plain_ppl[bucket]:.2f}")
     table = [f"| {' | '.join(cells)} |" for cells in [header, ["---"] * len(header), *rows.values()]]
     text = [f"## Long context: {total:,} tokens of each stream read through the state (student: {seconds:.0f} s)",
             "", "The teacher reads each stream only up to its context of 8,192 tokens.",
-            "The essays are also part of the training prose; WikiText-2 test never is.", "", *table]
+            "The essays are also part of the training prose; WikiText-2 test never is.",
+            "The last column reads the essays with the same parameters but neither length setting of "
+            "StudentConfig (exact sink distances, no decay).", "", *table]
     return text, kept
 
 
@@ -270,7 +292,8 @@ def main() -> None:
         new["equivalence"] = equivalence_section(teacher, best)
     states = None
     if "long" in sections or "decode" in sections:
-        text, states = long_section(teacher, best, args.long_tokens)
+        plain = student_variant(teacher, names[-1], plain=True) if names[-1] in ("transfer", "finetune") else None
+        text, states = long_section(teacher, best, args.long_tokens, None if plain is None else plain[1])
         if "long" in sections:
             new["long"] = text
     if "decode" in sections and states is not None:
