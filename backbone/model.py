@@ -51,6 +51,7 @@ class Rope:
                  table: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         self.cos, self.sin, self.start = cos, sin, start
         self.table = table  # the whole (positions, head_dim) cos and sin tables these rows were cut from
+        self._capped: dict[int, Rope] = {}  # every layer of one forward asks for the same one
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         half = x.shape[-1] // 2
@@ -61,9 +62,11 @@ class Rope:
         """The rotation of the same positions with every position past `limit` held at `limit`."""
         if self.table is None:
             raise ValueError("this Rope was built without its tables; use Transformer.rope")
-        positions = torch.arange(self.start, self.start + self.cos.shape[0], device=self.cos.device).clamp(max=limit)
-        cos, sin = self.table
-        return Rope(cos[positions].to(self.cos.dtype), sin[positions].to(self.sin.dtype), self.start, self.table)
+        if limit not in self._capped:
+            positions = torch.arange(self.start, self.start + self.cos.shape[0], device=self.cos.device)
+            cos, sin = (t[positions.clamp(max=limit)].to(self.cos.dtype) for t in self.table)
+            self._capped[limit] = Rope(cos, sin, self.start, self.table)
+        return self._capped[limit]
 
 
 def rope_tables(head_dim: int, max_context: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
