@@ -51,13 +51,15 @@ def test_triton_chunked_and_step_match_reference(
     assert relative_rms(step.kv, whole_state.kv) < 1e-5
 
 
-def test_hybrid_attention_with_triton_linear_part(interpreter):
-    attention = make_attention(6, 3, 64, 4, 64, seed=9)
+@pytest.mark.parametrize("horizon", [None, 40.0])
+def test_hybrid_attention_with_triton_linear_part(interpreter, horizon):
+    attention = make_attention(6, 3, 64, 4, 64, seed=9, horizon=horizon)
     attention.backend = "triton"
     q, k, v = random_qkv(1, 6, 3, 200, 64)
+    sink_q = None if horizon is None else torch.randn_like(q)
     with torch.no_grad():
-        out = attention(q, k, v)
-    assert relative_rms(out, reference(attention, q, k, v)) < 1e-4
+        out = attention(q, k, v, sink_q=sink_q)
+    assert relative_rms(out, reference(attention, q, k, v, sink_q)) < 1e-4
 
 
 def test_dispatch_choices_and_refusals(monkeypatch):
