@@ -22,8 +22,10 @@ Forms (all agree; tests compare them with `naive_hybrid_attention` in float64):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -95,7 +97,8 @@ def hybrid_attention(
     if state is not None:
         state.check(spec, q.shape[0], q.dtype)
         if q.shape[2] == 1:
-            return _step(q, k, v, sink_q, feature_map_q, feature_map_k, log_weight, log_decay, spec, state)
+            with _one_thread_on_cpu(q.device):
+                return _step(q, k, v, sink_q, feature_map_q, feature_map_k, log_weight, log_decay, spec, state)
         if q.shape[2] > PREFILL_SEGMENT:  # bounded memory: long prompts go in segments, the state carried
             pieces = [x.split(PREFILL_SEGMENT, dim=2) for x in (q, k, v)]
             sink_pieces = [None] * len(pieces[0]) if sink_q is None else sink_q.split(PREFILL_SEGMENT, dim=2)
@@ -247,6 +250,21 @@ def _step(q, k, v, sink_q, feature_map_q, feature_map_k, log_weight, log_decay, 
     out = torch.baddbmm(weights[..., slots:] * linear_value, weights[..., :slots], exact_v.reshape(-1, slots, head_dim))
     state.num_tokens = t + 1
     return out.view(batch, q_heads, 1, head_dim)
+
+
+@contextlib.contextmanager
+def _one_thread_on_cpu(device: torch.device) -> Iterator[None]:
+    """The decoding step is a few dozen tiny ops; on CPU each one that PyTorch parallelises wakes the OpenMP
+    team, which costs ~45 µs when idle threads sleep (OMP_WAIT_POLICY=PASSIVE), far more than its arithmetic."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @functools.cache

@@ -238,3 +238,19 @@ def test_decay_and_sink_query_errors():
     q, k, v = random_qkv(1, 4, 2, 10, 16)
     with pytest.raises(ValueError, match="sink_q must be shaped like q"):
         attention(q, k, v, sink_q=q[:, :, :3])
+
+
+def test_decoding_step_runs_on_one_thread_and_restores_the_count():
+    attention = make_attention(4, 2, 16, 2, 8, seed=13)
+    state = attention.new_state()
+    seen = []
+    original = attention.feature_map_q.forward
+    attention.feature_map_q.forward = lambda x: (seen.append(torch.get_num_threads()), original(x))[1]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            attention(*random_qkv(1, 4, 2, 1, 16), state)
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
