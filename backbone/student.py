@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 DEFAULT_STUDENT = CHECKPOINTS / "smollm2-135m-hybrid.safetensors"
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
-DECAY_HORIZON = 1024.0
 
 
 @dataclass(frozen=True)
@@ -55,7 +54,7 @@ class StudentConfig:
     lora_rank: int = 0
     # Length generalisation (no parameters; see the module docstring).
     sink_distance: int | None = 4096
-    decay_horizon: float | None = DECAY_HORIZON
+    decay_horizon: float | None = 1024.0
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

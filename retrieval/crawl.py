@@ -46,7 +46,7 @@ class Entry:
 
 @dataclass(frozen=True)
 class _Rules:
-    """The .gitignore files in force in one folder: (folder prefix, spec), outermost first."""
+    """The .gitignore files in force in one folder: (folder prefix, its patterns), outermost first."""
 
     layers: tuple[tuple[str, tuple[IgnorePattern, ...]], ...]
 
