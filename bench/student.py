@@ -26,6 +26,7 @@ import time
 from itertools import pairwise
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from backbone.convert.checkpoint import load_checkpoint
@@ -132,6 +133,23 @@ def ppl_section(teacher: LanguageModel, variants: list[tuple[str, LanguageModel]
     rows += [f"| {label} | {measured[label][0]:.2f} | {measured[label][1]:.2f} | {measured[label][1] / base:.3f} |"
              for label in ordered]
     return ["## Perplexity, wikitext2_test.txt, first 4,096 tokens (4 × 1,024 or 2 × 2,048 windows)", "", *rows]
+
+
+def position_section(teacher: LanguageModel, student: tuple[str, LanguageModel]) -> list[str]:
+    """Perplexity @2,048 split by position in the window: inside the softmax window both models see the
+    same tokens exactly, so the gap that grows with position is what the linear part fails to recall."""
+    windows = wikitext_ids(teacher, 4096).view(-1, 2048)
+    edges = [0, 64, 256, 1024, 2047]
+    table = {}
+    for label, model in [("teacher (softmax)", teacher), student]:
+        losses = np.concatenate([streaming_nll(model, window, chunk=2048)[0] for window in windows])
+        by_position = losses.reshape(len(windows), -1).mean(axis=0)
+        table[label] = bucket_perplexity(by_position, edges)
+    teacher_row, student_row = table["teacher (softmax)"], table[student[0]]
+    rows = ["| positions | teacher | student | ratio |", "| --- | --- | --- | --- |"]
+    rows += [f"| {lo:,}–{hi:,} | {t:.2f} | {s:.2f} | {s / t:.3f} |"
+             for (lo, hi, t), (_, _, s) in zip(teacher_row, student_row, strict=True)]
+    return [f"### By position in the 2,048-token windows ({student[0]})", "", *rows]
 
 
 def long_section(teacher: LanguageModel, student: LanguageModel, total: int,
@@ -287,7 +305,7 @@ def main() -> None:
              f"{os.getloadavg()[0]:.1f}, student: {variants[-1][0]}")
     new: dict[str, list[str]] = {}
     if "ppl" in sections:
-        new["ppl"] = ppl_section(teacher, variants, record["ppl"])
+        new["ppl"] = [*ppl_section(teacher, variants, record["ppl"]), "", *position_section(teacher, variants[-1])]
     if "equivalence" in sections:
         new["equivalence"] = equivalence_section(teacher, best)
     states = None
