@@ -115,7 +115,8 @@ def chat(
 
 @cli.command()
 def convert(
-    stage: str = typer.Option("transfer", help="transfer (stage 1), finetune (stage 2, LoRA + KL) or export."),
+    stage: str = typer.Option("transfer", help="transfer (stage 1), finetune (stage 2, LoRA + KL), widen (the "
+                              "newest checkpoint's feature maps, to --feature-dim) or export."),
     max_minutes: float = typer.Option(60.0, help="Stop (after a checkpoint) when this much time has passed."),
     out: str = typer.Option("backbone/checkpoints/training", help="Folder of the resumable checkpoints."),
     checkpoint_minutes: float = typer.Option(10.0, help="Minutes between checkpoints."),
@@ -129,6 +130,8 @@ def convert(
     device: str | None = typer.Option(None, help="cpu, cuda or auto (default: RILLET_DEVICE, auto)."),
     batch_size: int | None = typer.Option(None, min=1, help="Sequences per step (default: the recipe's, 2)."),
     seq_len: int | None = typer.Option(None, min=16, help="Tokens per sequence (default: the recipe's, 1024)."),
+    feature_dim: int | None = typer.Option(None, min=2, help="widen: the new number of linear-attention features "
+                                           "(a whole multiple of the present one, e.g. 256 from 128)."),
 ) -> None:
     """Linearize the teacher into the student; resumes where the last run stopped."""
     from dataclasses import replace
@@ -159,9 +162,21 @@ def convert(
         digest = run.export(teacher, folder, target)
         console.print(f"Wrote {target} (sha256 {digest[:16]}…)")
         return
+    if stage == "widen":
+        if feature_dim is None:
+            raise typer.BadParameter("widen needs --feature-dim, e.g. 256")
+        if not run.has_checkpoint(folder / "transfer"):
+            raise typer.BadParameter(f"no checkpoint to widen in {folder}; run `rillet convert` first")
+        try:
+            record = run.widen(teacher.model, folder, feature_dim)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+        console.print(f"Widened the features from {record['widened_from']} to {record['widened_to']} at step "
+                      f"{record['step']}; resume with `rillet convert --stage {run.newest_stage(folder)}`.")
+        return
     recipes = {"transfer": run.TRANSFER, "finetune": run.FINETUNE}
     if stage not in recipes:
-        raise typer.BadParameter(f"unknown stage {stage!r}; choose transfer, finetune or export")
+        raise typer.BadParameter(f"unknown stage {stage!r}; choose transfer, finetune, widen or export")
     shape = {k: v for k, v in (("steps", steps), ("batch_size", batch_size), ("seq_len", seq_len)) if v is not None}
     recipe = replace(recipes[stage], **shape)
     progress = run.run_stage(teacher, recipe, folder, settings.shared_data, settings.cache_dir,

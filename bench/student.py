@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from backbone.convert.checkpoint import load_checkpoint
-from backbone.convert.run import student_config
+from backbone.convert.run import student_config, trained_feature_dim
 from backbone.evaluate import bucket_perplexity, perplexity, streaming_nll
 from backbone.generate import LanguageModel, SamplingConfig
 from backbone.loader import load_model
@@ -76,7 +76,7 @@ def student_variant(teacher: LanguageModel, name: str, plain: bool = False) -> t
     if not (folder / "progress.json").exists():
         return None
     saved, _, progress = load_checkpoint(folder)
-    config = student_config(name)
+    config = student_config(name, trained_feature_dim(folder))
     if plain:
         config = dataclasses.replace(config, sink_distance=None, decay_horizon=None)
     model = build_student(teacher.model, config)
@@ -89,6 +89,8 @@ def student_variant(teacher: LanguageModel, name: str, plain: bool = False) -> t
             module.merge()
     label = {"transfer": "attention transfer", "finetune": "transfer + LoRA distillation"}[name]
     label = f"{label} ({progress.tokens:,} tokens){decay_label(config)}"
+    if config.feature_dim is not None:
+        label += f", {config.feature_dim} features"
     return label, wrap_student(model.eval().requires_grad_(False), teacher, name)
 
 

@@ -50,10 +50,22 @@ def save_checkpoint(folder: Path, params: dict[str, torch.Tensor], optimizer: to
 
 def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None, Progress]:
     """Read a checkpoint; falls back to the `.old` copy if a crash hit between the two renames."""
-    if not (folder / "progress.json").exists() and (folder.with_name(folder.name + ".old") / "progress.json").exists():
-        folder = folder.with_name(folder.name + ".old")
+    folder = _intact(folder)
     params = load_file(folder / "params.safetensors")
     opt_path = folder / "optimizer.pt"
     opt = torch.load(opt_path, weights_only=True) if opt_path.exists() else None
-    progress = Progress(**json.loads((folder / "progress.json").read_text()))
-    return params, opt, progress
+    return params, opt, read_progress(folder)
+
+
+def has_checkpoint(folder: Path) -> bool:
+    return (_intact(folder) / "progress.json").exists()
+
+
+def read_progress(folder: Path) -> Progress:
+    """Only the progress record (cheap: no tensors are read)."""
+    return Progress(**json.loads((_intact(folder) / "progress.json").read_text()))
+
+
+def _intact(folder: Path) -> Path:
+    old = folder.with_name(folder.name + ".old")
+    return old if not (folder / "progress.json").exists() and (old / "progress.json").exists() else folder

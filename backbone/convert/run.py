@@ -1,7 +1,8 @@
-"""`rillet convert`: the two stages end to end, plus exporting the shipped parameter file.
+"""`rillet convert`: the two stages end to end, widening the feature maps, and exporting the shipped file.
 
 Folders: `<out>/transfer` and `<out>/finetune` hold resumable checkpoints; `export` writes the
-trained parameters (≤ 20 MB) with a manifest carrying their sha256 beside them.
+trained parameters (≤ 20 MB) with a manifest carrying their sha256 beside them. A checkpoint records its
+student configuration, so a widened run resumes, exports and benchmarks at its own feature size.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from pathlib import Path
 
 import torch
 
-from backbone.convert.checkpoint import load_checkpoint
+from backbone.convert.checkpoint import has_checkpoint, load_checkpoint, read_progress, save_checkpoint
 from backbone.convert.data import BatchSampler, Corpus
 from backbone.convert.losses import attention_transfer_loss, distillation_loss
 from backbone.convert.train import Schedule, train
+from backbone.convert.widen import widen_optimizer_state, widen_parameters, widening_factor
 from backbone.generate import LanguageModel
+from backbone.model import Transformer
 from backbone.student import StudentConfig, build_student, save_student, trainable_parameters
 
 log = logging.getLogger(__name__)
@@ -42,49 +45,86 @@ FINETUNE = StageConfig("finetune", steps=300, lr=1e-3, seq_len=1024, batch_size=
 LORA_RANK = 8
 
 
-def student_config(stage: str) -> StudentConfig:
-    return StudentConfig(lora_rank=LORA_RANK if stage == "finetune" else 0)
+def student_config(stage: str, feature_dim: int | None = None) -> StudentConfig:
+    return StudentConfig(lora_rank=LORA_RANK if stage == "finetune" else 0, feature_dim=feature_dim)
+
+
+def trained_feature_dim(folder: Path) -> int | None:
+    """The feature size a checkpoint was trained at (None: the default, 2 × head_dim)."""
+    return read_progress(folder).config.get("student", {}).get("feature_dim")
+
+
+def newest_stage(out: Path) -> str:
+    return "finetune" if has_checkpoint(out / "finetune") else "transfer"
 
 
 def run_stage(teacher: LanguageModel, recipe: StageConfig, out: Path, shared_data: Path, cache_dir: Path,
               max_seconds: float = math.inf, checkpoint_seconds: float = 600) -> dict:
     """Run (or resume) one stage for at most `max_seconds`; returns its progress as a dict."""
     torch.manual_seed(recipe.seed)
-    student = build_student(teacher.model, student_config(recipe.stage))
+    folder, warm = out / recipe.stage, out / "transfer"
+    resuming = has_checkpoint(folder)
+    if recipe.stage == "finetune" and not resuming and not has_checkpoint(warm):
+        raise FileNotFoundError(f"Stage 2 starts from stage 1; run `rillet convert --stage transfer` first ({warm}).")
+    source = folder if resuming else warm if recipe.stage == "finetune" else None
+    config = student_config(recipe.stage, None if source is None else trained_feature_dim(source))
+    student = build_student(teacher.model, config)
     params = trainable_parameters(student)
     if recipe.stage == "finetune":
-        warm = out / "transfer"
-        if not (warm / "progress.json").exists():
-            raise FileNotFoundError(f"Stage 2 starts from stage 1; run `rillet convert --stage transfer` first "
-                                    f"({warm}).")
-        saved, _, _ = load_checkpoint(warm)
-        with torch.no_grad():
-            for name, value in saved.items():
-                params[name].copy_(value)
+        if not resuming:  # start from stage 1; a resumed run reloads its own checkpoint in train()
+            saved, _, _ = load_checkpoint(warm)
+            with torch.no_grad():
+                for name, value in saved.items():
+                    params[name].copy_(value)
         loss_fn = distillation_loss(teacher.model, student)
     else:
         loss_fn = attention_transfer_loss(teacher.model, student)
     corpus = Corpus.build(teacher.tokenizer.encode, teacher.fingerprint, shared_data, cache_dir)
     sampler = BatchSampler(corpus, teacher.tokenizer.encode, recipe.seq_len, recipe.batch_size, recipe.seed)
     schedule = Schedule(lr=recipe.lr, total_steps=recipe.steps)
-    config = {**asdict(recipe), "student": asdict(student_config(recipe.stage)), "corpus_tokens": corpus.sizes(),
-              "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()}
-    progress = train(recipe.stage, params, loss_fn, sampler, schedule, out / recipe.stage, max_seconds=max_seconds,
-                     checkpoint_seconds=checkpoint_seconds, config=config)
+    recorded = {**asdict(recipe), "student": asdict(config), "corpus_tokens": corpus.sizes(),
+                "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()}
+    progress = train(recipe.stage, params, loss_fn, sampler, schedule, folder, max_seconds=max_seconds,
+                     checkpoint_seconds=checkpoint_seconds, config=recorded)
     return asdict(progress)
+
+
+def widen(teacher: Transformer, out: Path, feature_dim: int, noise: float = 0.2, seed: int = 0) -> dict:
+    """Widen the newest checkpoint's feature maps to `feature_dim` in place (see widen.py); the next run of
+    its stage resumes from the widened student. Returns the record added to its history."""
+    stage = newest_stage(out)
+    folder = out / stage
+    saved, opt_state, progress = load_checkpoint(folder)
+    narrow = build_student(teacher, student_config(stage, trained_feature_dim(folder)))
+    old_dim = narrow.layers[0].attention.hybrid.spec.feature_dim
+    factor = widening_factor(old_dim, feature_dim)
+    names = list(trainable_parameters(narrow))
+    params = {name: torch.nn.Parameter(value)
+              for name, value in widen_parameters({n: saved[n] for n in names}, factor, noise, seed).items()}
+    optimizer = torch.optim.AdamW(params.values())
+    if opt_state is not None:
+        optimizer.load_state_dict(widen_optimizer_state(opt_state["optimizer"], names, factor))
+    progress.config = {**progress.config, "student": asdict(student_config(stage, feature_dim))}
+    record = {"step": progress.step, "tokens": progress.tokens, "seconds": progress.seconds,
+              "widened_from": old_dim, "widened_to": feature_dim, "widen_noise": noise}
+    progress.history.append(record)
+    save_checkpoint(folder, params, optimizer if opt_state is not None else None, progress)
+    log.info("widened %s from %d to %d features at step %d", stage, old_dim, feature_dim, progress.step)
+    return record
 
 
 def export(teacher: LanguageModel, out: Path, target: Path) -> str:
     """Write the newest trained parameters (stage 2 if it ran, else stage 1) to `target` + manifest."""
-    stage = "finetune" if (out / "finetune" / "progress.json").exists() else "transfer"
+    stage = newest_stage(out)
     saved, _, progress = load_checkpoint(out / stage)
-    student = build_student(teacher.model, student_config(stage))
+    config = student_config(stage, trained_feature_dim(out / stage))
+    student = build_student(teacher.model, config)
     params = trainable_parameters(student)
     with torch.no_grad():
         for name, value in saved.items():
             params[name].copy_(value)
     summary = {"stage": stage, "steps": progress.step, "tokens": progress.tokens, "seconds": round(progress.seconds)}
-    digest = save_student(target, student, student_config(stage), teacher.fingerprint,
+    digest = save_student(target, student, config, teacher.fingerprint,
                           extra={"training": json.dumps(summary)})
     manifest = {"file": target.name, "sha256": digest, "teacher_fingerprint": teacher.fingerprint, **summary}
     target.with_suffix(".json").write_text(json.dumps(manifest, indent=1) + "\n")

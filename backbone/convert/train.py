@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from backbone.convert.checkpoint import Progress, load_checkpoint, save_checkpoint
+from backbone.convert.checkpoint import Progress, has_checkpoint, load_checkpoint, save_checkpoint
 from backbone.convert.data import BatchSampler
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def train(stage: str, params: dict[str, nn.Parameter], loss_fn: LossFn, sampler:
     device = next(iter(params.values())).device
     optimizer = torch.optim.AdamW(params.values(), lr=schedule.lr, weight_decay=schedule.weight_decay)
     progress = Progress(stage=stage, seed=sampler.seed, config=config or {})
-    if (folder / "progress.json").exists() or folder.with_name(folder.name + ".old").exists():
+    if has_checkpoint(folder):
         saved, opt_state, progress = load_checkpoint(folder)
         if progress.stage != stage:
             raise ValueError(f"{folder} holds a {progress.stage!r} checkpoint, not {stage!r}")

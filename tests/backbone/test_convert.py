@@ -33,11 +33,12 @@ def tiny_corpus(seed: int = 0) -> Corpus:
     return Corpus(streams, texts)
 
 
-def run(folder: Path, steps: int, stop_after: int | None = None, lora: int = 0) -> dict[str, torch.Tensor]:
+def run(folder: Path, steps: int, stop_after: int | None = None, lora: int = 0,
+        feature_dim: int | None = None) -> dict[str, torch.Tensor]:
     """Train a tiny student; `stop_after` ends the process early, as a kill or a time budget would."""
     teacher = tiny_model(seed=21)
     torch.manual_seed(0)
-    student = build_student(teacher, dataclasses.replace(CONFIG, lora_rank=lora))
+    student = build_student(teacher, dataclasses.replace(CONFIG, lora_rank=lora, feature_dim=feature_dim))
     params = trainable_parameters(student)
     loss = distillation_loss(teacher, student) if lora else attention_transfer_loss(teacher, student)
     sampler = BatchSampler(tiny_corpus(), encode, seq_len=40, batch_size=2, seed=3)

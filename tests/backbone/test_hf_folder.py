@@ -204,6 +204,19 @@ def test_convert_command_trains_and_exports_a_folder_teacher(tmp_path: Path, mon
     student = load_model("student", model_dir=folder, student_path=target)
     assert student.generate(student.tokenizer.encode("def"), None, SamplingConfig(max_new_tokens=3)).token_ids
 
+    features = 2 * student.config.head_dim
+    for bad, message in (([], "--feature-dim"), (["--feature-dim", str(features + 2)], "whole factor")):
+        result = runner.invoke(cli, ["convert", *common, "--stage", "widen", *bad])
+        assert result.exit_code == 2 and message in result.output, result.output
+    widened = runner.invoke(cli, ["convert", *common, "--stage", "widen", "--feature-dim", str(2 * features)])
+    assert widened.exit_code == 0, widened.output
+    resumed = runner.invoke(cli, ["convert", *common, "--steps", "3", "--batch-size", "1", "--seq-len", "40"])
+    assert resumed.exit_code == 0, resumed.output
+    assert runner.invoke(cli, ["convert", *common, "--stage", "export", "--student-path", str(target)]).exit_code == 0
+    wide = load_model("student", model_dir=folder, student_path=target)
+    assert wide.new_state().spec.feature_dim == 2 * features
+    assert wide.generate(wide.tokenizer.encode("def"), None, SamplingConfig(max_new_tokens=3)).token_ids
+
     for bad in (["--gguf", str(folder)], ["--device", "gpu"]):
         result = runner.invoke(cli, ["convert", *common, *bad])
         assert result.exit_code == 2, result.output
