@@ -130,6 +130,8 @@ def convert(
     device: str | None = typer.Option(None, help="cpu, cuda or auto (default: RILLET_DEVICE, auto)."),
     batch_size: int | None = typer.Option(None, min=1, help="Sequences per step (default: the recipe's, 2)."),
     seq_len: int | None = typer.Option(None, min=16, help="Tokens per sequence (default: the recipe's, 1024)."),
+    feature_lr_scale: float | None = typer.Option(None, min=0.0, help="The feature maps' learning rate as a "
+                                                  "multiple of the schedule's (default 1)."),
     feature_dim: int | None = typer.Option(None, min=2, help="widen: the new number of linear-attention features "
                                            "(a whole multiple of the present one, e.g. 256 from 128)."),
 ) -> None:
@@ -177,7 +179,8 @@ def convert(
     recipes = {"transfer": run.TRANSFER, "finetune": run.FINETUNE}
     if stage not in recipes:
         raise typer.BadParameter(f"unknown stage {stage!r}; choose transfer, finetune, widen or export")
-    shape = {k: v for k, v in (("steps", steps), ("batch_size", batch_size), ("seq_len", seq_len)) if v is not None}
+    shape = {k: v for k, v in (("steps", steps), ("batch_size", batch_size), ("seq_len", seq_len),
+                               ("feature_lr_scale", feature_lr_scale)) if v is not None}
     recipe = replace(recipes[stage], **shape)
     progress = run.run_stage(teacher, recipe, folder, settings.shared_data, settings.cache_dir,
                              max_seconds=max_minutes * 60, checkpoint_seconds=checkpoint_minutes * 60)

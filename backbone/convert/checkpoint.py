@@ -38,7 +38,10 @@ def save_checkpoint(folder: Path, params: dict[str, torch.Tensor], optimizer: to
     tmp.mkdir()
     save_file({k: v.detach().contiguous().cpu() for k, v in params.items()}, tmp / "params.safetensors")
     if optimizer is not None:
-        torch.save({"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}, tmp / "optimizer.pt")
+        name_of = {id(param): name for name, param in params.items()}
+        names = [name_of[id(param)] for group in optimizer.param_groups for param in group["params"]]
+        torch.save({"optimizer": optimizer.state_dict(), "names": names, "rng": torch.get_rng_state()},
+                   tmp / "optimizer.pt")
     (tmp / "progress.json").write_text(json.dumps(asdict(progress), indent=1))
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
@@ -55,6 +58,24 @@ def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
     opt_path = folder / "optimizer.pt"
     opt = torch.load(opt_path, weights_only=True) if opt_path.exists() else None
     return params, opt, read_progress(folder)
+
+
+def moments_by_name(opt_state: dict[str, Any], params_order: list[str]) -> dict[str, dict[str, torch.Tensor]]:
+    """The optimizer's per-parameter state keyed by parameter name. Checkpoints written before names were
+    recorded hold one parameter group in `params_order` (the order of the trainable parameters)."""
+    names = opt_state.get("names", params_order)
+    return {names[int(index)]: moments for index, moments in opt_state["optimizer"]["state"].items()}
+
+
+def restore_moments(optimizer: torch.optim.Optimizer, params: dict[str, torch.Tensor],
+                    moments: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Load per-parameter state by name, whatever the parameter groups were when it was saved; the groups'
+    own settings (learning rates, scales) stay the optimizer's."""
+    name_of = {id(param): name for name, param in params.items()}
+    names = [name_of[id(param)] for group in optimizer.param_groups for param in group["params"]]
+    state = optimizer.state_dict()
+    state["state"] = {index: moments[name] for index, name in enumerate(names) if name in moments}
+    optimizer.load_state_dict(state)
 
 
 def has_checkpoint(folder: Path) -> bool:

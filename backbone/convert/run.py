@@ -16,11 +16,18 @@ from pathlib import Path
 
 import torch
 
-from backbone.convert.checkpoint import has_checkpoint, load_checkpoint, read_progress, save_checkpoint
+from backbone.convert.checkpoint import (
+    has_checkpoint,
+    load_checkpoint,
+    moments_by_name,
+    read_progress,
+    restore_moments,
+    save_checkpoint,
+)
 from backbone.convert.data import BatchSampler, Corpus
 from backbone.convert.losses import attention_transfer_loss, distillation_loss
 from backbone.convert.train import Schedule, train
-from backbone.convert.widen import widen_optimizer_state, widen_parameters, widening_factor
+from backbone.convert.widen import widen_moments, widen_parameters, widening_factor
 from backbone.generate import LanguageModel
 from backbone.model import Transformer
 from backbone.student import StudentConfig, build_student, save_student, trainable_parameters
@@ -38,6 +45,7 @@ class StageConfig:
     seq_len: int
     batch_size: int
     seed: int = 0
+    feature_lr_scale: float = 1.0  # the feature maps' rate over the schedule's (e.g. to train widened maps)
 
 
 TRANSFER = StageConfig("transfer", steps=200, lr=1e-2, seq_len=1024, batch_size=2)
@@ -85,7 +93,8 @@ def run_stage(teacher: LanguageModel, recipe: StageConfig, out: Path, shared_dat
     recorded = {**asdict(recipe), "student": asdict(config), "corpus_tokens": corpus.sizes(),
                 "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()}
     progress = train(recipe.stage, params, loss_fn, sampler, schedule, folder, max_seconds=max_seconds,
-                     checkpoint_seconds=checkpoint_seconds, config=recorded)
+                     checkpoint_seconds=checkpoint_seconds, config=recorded,
+                     lr_scale=lambda name: recipe.feature_lr_scale if ".feature_map_" in name else 1.0)
     return asdict(progress)
 
 
@@ -103,7 +112,7 @@ def widen(teacher: Transformer, out: Path, feature_dim: int, noise: float = 0.2,
               for name, value in widen_parameters({n: saved[n] for n in names}, factor, noise, seed).items()}
     optimizer = torch.optim.AdamW(params.values())
     if opt_state is not None:
-        optimizer.load_state_dict(widen_optimizer_state(opt_state["optimizer"], names, factor))
+        restore_moments(optimizer, params, widen_moments(moments_by_name(opt_state, names), factor))
     progress.config = {**progress.config, "student": asdict(student_config(stage, feature_dim))}
     record = {"step": progress.step, "tokens": progress.tokens, "seconds": progress.seconds,
               "widened_from": old_dim, "widened_to": feature_dim, "widen_noise": noise}

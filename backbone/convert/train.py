@@ -19,7 +19,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from backbone.convert.checkpoint import Progress, has_checkpoint, load_checkpoint, save_checkpoint
+from backbone.convert.checkpoint import (
+    Progress,
+    has_checkpoint,
+    load_checkpoint,
+    moments_by_name,
+    restore_moments,
+    save_checkpoint,
+)
 from backbone.convert.data import BatchSampler
 
 log = logging.getLogger(__name__)
@@ -47,11 +54,16 @@ class Schedule:
 
 def train(stage: str, params: dict[str, nn.Parameter], loss_fn: LossFn, sampler: BatchSampler,
           schedule: Schedule, folder: Path, *, max_seconds: float = math.inf, checkpoint_seconds: float = 600,
-          log_every: int = 10, config: dict | None = None, stop_step: int | None = None) -> Progress:
+          log_every: int = 10, config: dict | None = None, stop_step: int | None = None,
+          lr_scale: Callable[[str], float] | None = None) -> Progress:
     """Train `params` on `loss_fn` until `schedule.total_steps` (or `stop_step`, or `max_seconds`),
-    checkpointing into `folder`."""
+    checkpointing into `folder`. `lr_scale(name)` multiplies the scheduled rate for that parameter."""
     device = next(iter(params.values())).device
-    optimizer = torch.optim.AdamW(params.values(), lr=schedule.lr, weight_decay=schedule.weight_decay)
+    scales: dict[float, list[nn.Parameter]] = {}
+    for name, param in params.items():
+        scales.setdefault(1.0 if lr_scale is None else lr_scale(name), []).append(param)
+    groups = [{"params": members, "lr_scale": scale} for scale, members in scales.items()]
+    optimizer = torch.optim.AdamW(groups, lr=schedule.lr, weight_decay=schedule.weight_decay)
     progress = Progress(stage=stage, seed=sampler.seed, config=config or {})
     if has_checkpoint(folder):
         saved, opt_state, progress = load_checkpoint(folder)
@@ -61,7 +73,7 @@ def train(stage: str, params: dict[str, nn.Parameter], loss_fn: LossFn, sampler:
             for name, value in saved.items():
                 params[name].copy_(value.to(device))
         if opt_state is not None:
-            optimizer.load_state_dict(opt_state["optimizer"])
+            restore_moments(optimizer, params, moments_by_name(opt_state, list(params)))
         if config and config != progress.config:  # e.g. the run was lengthened with --steps
             log.info("recipe changed on resume: %s -> %s", progress.config, config)
             progress.config = config
@@ -77,7 +89,7 @@ def train(stage: str, params: dict[str, nn.Parameter], loss_fn: LossFn, sampler:
         while progress.step < last_step and time.monotonic() - started < max_seconds:
             step_started = time.monotonic()
             for group in optimizer.param_groups:
-                group["lr"] = schedule.rate(progress.step)
+                group["lr"] = schedule.rate(progress.step) * group["lr_scale"]
             batch = sampler.batch(progress.step).to(device)
             loss, parts = loss_fn(batch)
             loss.backward()

@@ -13,7 +13,6 @@ The optimizer's moments are widened the same way, so a resumed run keeps its ste
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 
@@ -56,12 +55,9 @@ def widen_parameters(params: dict[str, torch.Tensor], factor: int, noise: float 
     return widened
 
 
-def widen_optimizer_state(state: dict, names: Sequence[str], factor: int) -> dict:
-    """AdamW's state dict for the widened parameters; `names` are the parameters in the optimizer's order."""
-    per_param = {}
-    for index, moments in state["state"].items():
-        if names[int(index)].endswith(WIDENED):
-            moments = {key: widen_tensor(value, factor) if key.startswith("exp_avg") else value
-                       for key, value in moments.items()}
-        per_param[index] = moments
-    return {**state, "state": per_param}
+def widen_moments(moments: dict[str, dict[str, torch.Tensor]], factor: int) -> dict[str, dict[str, torch.Tensor]]:
+    """AdamW's per-parameter state (keyed by name) for the widened parameters: each copy gets the moments
+    its original had."""
+    return {name: {key: widen_tensor(value, factor) if name.endswith(WIDENED) and key.startswith("exp_avg")
+                   else value for key, value in state.items()}
+            for name, state in moments.items()}

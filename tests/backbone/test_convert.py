@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from backbone.convert.checkpoint import load_checkpoint
+from backbone.convert.checkpoint import load_checkpoint, moments_by_name
 from backbone.convert.data import BatchSampler, Corpus
 from backbone.convert.losses import attention_transfer_loss, distillation_loss, kl_divergence
 from backbone.convert.train import Schedule, train
@@ -34,7 +34,7 @@ def tiny_corpus(seed: int = 0) -> Corpus:
 
 
 def run(folder: Path, steps: int, stop_after: int | None = None, lora: int = 0,
-        feature_dim: int | None = None) -> dict[str, torch.Tensor]:
+        feature_dim: int | None = None, feature_lr_scale: float = 1.0) -> dict[str, torch.Tensor]:
     """Train a tiny student; `stop_after` ends the process early, as a kill or a time budget would."""
     teacher = tiny_model(seed=21)
     torch.manual_seed(0)
@@ -44,7 +44,8 @@ def run(folder: Path, steps: int, stop_after: int | None = None, lora: int = 0,
     sampler = BatchSampler(tiny_corpus(), encode, seq_len=40, batch_size=2, seed=3)
     schedule = Schedule(lr=1e-2, total_steps=steps, warmup_steps=2)
     progress = train("finetune" if lora else "transfer", params, loss, sampler, schedule, folder, log_every=1,
-                     stop_step=stop_after, config={"steps": steps})
+                     stop_step=stop_after, config={"steps": steps},
+                     lr_scale=lambda name: feature_lr_scale if ".feature_map_" in name else 1.0)
     assert progress.step == (steps if stop_after is None else stop_after)
     return {k: v.detach().clone() for k, v in params.items()}
 
@@ -59,6 +60,34 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, lora: int) -> None
         assert torch.equal(straight[name], resumed[name]), name
     _, _, progress = load_checkpoint(tmp_path / "b")
     assert progress.step == 5 and progress.tokens == 5 * 2 * 40 and len(progress.history) == 5
+
+
+def test_a_run_with_parameter_groups_resumes_exactly_and_reads_old_checkpoints(tmp_path: Path) -> None:
+    straight = run(tmp_path / "a", steps=5, lora=2, feature_lr_scale=3.0)
+    run(tmp_path / "b", steps=5, stop_after=2, lora=2, feature_lr_scale=3.0)
+    # A checkpoint written before parameter names were recorded: one group, in the parameters' order.
+    run(tmp_path / "c", steps=5, stop_after=2, lora=2)
+    saved = torch.load(tmp_path / "c" / "optimizer.pt", weights_only=True)
+    named = moments_by_name(saved, [])
+    assert len(saved["optimizer"]["param_groups"]) == 1
+    del saved["names"]
+    torch.save(saved, tmp_path / "c" / "optimizer.pt")
+    assert moments_by_name(saved, list(named)).keys() == named.keys()
+    for folder in ("b", "c"):
+        resumed = run(tmp_path / folder, steps=5, lora=2, feature_lr_scale=3.0)
+        assert straight.keys() == resumed.keys()
+        if folder == "b":
+            assert all(torch.equal(straight[name], resumed[name]) for name in straight)
+    regrouped = torch.load(tmp_path / "c" / "optimizer.pt", weights_only=True)
+    assert len(regrouped["optimizer"]["param_groups"]) == 2
+    assert all(int(m["step"]) == 5 for m in moments_by_name(regrouped, []).values())
+
+
+def test_a_zero_scale_freezes_the_feature_maps(tmp_path: Path) -> None:
+    before = run(tmp_path / "f", steps=4, stop_after=1, lora=2)
+    after = run(tmp_path / "f", steps=4, lora=2, feature_lr_scale=0.0)
+    for name in before:
+        assert torch.equal(before[name], after[name]) == (".feature_map_" in name), name
 
 
 def test_a_lengthened_run_continues_and_records_its_new_recipe(tmp_path: Path) -> None:
