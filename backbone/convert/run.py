@@ -98,7 +98,7 @@ def run_stage(teacher: LanguageModel, recipe: StageConfig, out: Path, shared_dat
     return asdict(progress)
 
 
-def widen(teacher: Transformer, out: Path, feature_dim: int, noise: float = 0.2, seed: int = 0) -> dict:
+def widen(teacher: Transformer, out: Path, feature_dim: int, noise: float = 0.5, seed: int = 0) -> dict:
     """Widen the newest checkpoint's feature maps to `feature_dim` in place (see widen.py); the next run of
     its stage resumes from the widened student. Returns the record added to its history."""
     stage = newest_stage(out)
