@@ -38,8 +38,7 @@ def save_checkpoint(folder: Path, params: dict[str, torch.Tensor], optimizer: to
     tmp.mkdir()
     save_file({k: v.detach().contiguous().cpu() for k, v in params.items()}, tmp / "params.safetensors")
     if optimizer is not None:
-        name_of = {id(param): name for name, param in params.items()}
-        names = [name_of[id(param)] for group in optimizer.param_groups for param in group["params"]]
+        names = _optimizer_order(optimizer, params)
         torch.save({"optimizer": optimizer.state_dict(), "names": names, "rng": torch.get_rng_state()},
                    tmp / "optimizer.pt")
     (tmp / "progress.json").write_text(json.dumps(asdict(progress), indent=1))
@@ -71,11 +70,16 @@ def restore_moments(optimizer: torch.optim.Optimizer, params: dict[str, torch.Te
                     moments: dict[str, dict[str, torch.Tensor]]) -> None:
     """Load per-parameter state by name, whatever the parameter groups were when it was saved; the groups'
     own settings (learning rates, scales) stay the optimizer's."""
-    name_of = {id(param): name for name, param in params.items()}
-    names = [name_of[id(param)] for group in optimizer.param_groups for param in group["params"]]
     state = optimizer.state_dict()
-    state["state"] = {index: moments[name] for index, name in enumerate(names) if name in moments}
+    state["state"] = {index: moments[name] for index, name in enumerate(_optimizer_order(optimizer, params))
+                      if name in moments}
     optimizer.load_state_dict(state)
+
+
+def _optimizer_order(optimizer: torch.optim.Optimizer, params: dict[str, torch.Tensor]) -> list[str]:
+    """Parameter names in the order the optimizer's state dict numbers them (group by group)."""
+    name_of = {id(param): name for name, param in params.items()}
+    return [name_of[id(param)] for group in optimizer.param_groups for param in group["params"]]
 
 
 def has_checkpoint(folder: Path) -> bool:
