@@ -132,6 +132,8 @@ def convert(
     seq_len: int | None = typer.Option(None, min=16, help="Tokens per sequence (default: the recipe's, 1024)."),
     feature_lr_scale: float | None = typer.Option(None, min=0.0, help="The feature maps' learning rate as a "
                                                   "multiple of the schedule's (default 1)."),
+    window: int | None = typer.Option(None, min=1, help="Softmax window in tokens (default: the checkpoint's; "
+                                      "128 for a new run); a resumed run switches to it from its next step."),
     feature_dim: int | None = typer.Option(None, min=2, help="widen: the new number of linear-attention features "
                                            "(a whole multiple of the present one, e.g. 256 from 128)."),
 ) -> None:
@@ -183,7 +185,8 @@ def convert(
                                ("feature_lr_scale", feature_lr_scale)) if v is not None}
     recipe = replace(recipes[stage], **shape)
     progress = run.run_stage(teacher, recipe, folder, settings.shared_data, settings.cache_dir,
-                             max_seconds=max_minutes * 60, checkpoint_seconds=checkpoint_minutes * 60)
+                             max_seconds=max_minutes * 60, checkpoint_seconds=checkpoint_minutes * 60,
+                             window=window)
     console.print(f"{stage}: step {progress['step']}/{recipe.steps}, {progress['tokens']:,} tokens, "
                   f"{progress['seconds']:.0f} s of training")
 

@@ -1,7 +1,7 @@
 """The student: the teacher's weights with every softmax attention replaced by hybrid linear attention.
 
 Each layer keeps the teacher's q/k/v/o projections (frozen, optionally with LoRA) and RoPE, and feeds
-the post-RoPE queries and keys to `HybridAttention` (exact softmax over 4 sinks and a 64-token window,
+the post-RoPE queries and keys to `HybridAttention` (exact softmax over 4 sinks and a 128-token window,
 Hedgehog linear attention for everything between). Its state is a constant-size `RecurrentState`, so the
 student has no context limit.
 
@@ -46,7 +46,7 @@ class StudentConfig:
     """How the teacher's attention is replaced; stored in the parameter file's metadata."""
 
     sinks: int = 4
-    window: int = 64
+    window: int = 128  # 64 left the far gap of bench/heldout 15% wider, for 2.9 MB less state
     feature_map: str = "hedgehog"
     feature_dim: int | None = None
     key_map_per_query_head: bool = False

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from backbone.convert.checkpoint import load_checkpoint
-from backbone.convert.run import student_config, trained_feature_dim
+from backbone.convert.run import trained_config
 from backbone.evaluate import bucket_perplexity, perplexity, streaming_nll
 from backbone.generate import LanguageModel, SamplingConfig
 from backbone.loader import load_model
@@ -63,20 +63,21 @@ def student_variant(teacher: LanguageModel, name: str, plain: bool = False) -> t
     """A student model for one row: 'sinks' (linear part switched off), 'untrained', or a stage name;
     `plain` switches the length settings (sink distance cap, decay) off."""
     if name in ("sinks", "untrained"):
-        model = build_student(teacher.model, StudentConfig())
+        config = StudentConfig()
+        model = build_student(teacher.model, config)
         if name == "sinks":
             with torch.no_grad():
                 for layer in model.layers:
                     layer.attention.hybrid.log_weight.fill_(-1e4)
-        label = "window 64 + 4 sinks, no linear part" if name == "sinks" else "hybrid, untrained Hedgehog"
+        label = f"window {config.window} + 4 sinks, no linear part" if name == "sinks" else "hybrid, untrained Hedgehog"
         if name == "untrained":
-            label += decay_label(StudentConfig())
+            label += config_label(config)
         return label, wrap_student(model.eval(), teacher, name)
     folder = TRAINING / name
     if not (folder / "progress.json").exists():
         return None
     saved, _, progress = load_checkpoint(folder)
-    config = student_config(name, trained_feature_dim(folder))
+    config = trained_config(folder, name)
     if plain:
         config = dataclasses.replace(config, sink_distance=None, decay_horizon=None)
     model = build_student(teacher.model, config)
@@ -88,15 +89,17 @@ def student_variant(teacher: LanguageModel, name: str, plain: bool = False) -> t
         if isinstance(module, LoRALinear):
             module.merge()
     label = {"transfer": "attention transfer", "finetune": "transfer + LoRA distillation"}[name]
-    label = f"{label} ({progress.tokens:,} tokens){decay_label(config)}"
+    label = f"{label} ({progress.tokens:,} tokens){config_label(config)}"
     if config.feature_dim is not None:
         label += f", {config.feature_dim} features"
     return label, wrap_student(model.eval().requires_grad_(False), teacher, name)
 
 
-def decay_label(config: StudentConfig) -> str:
-    """Rows measured before the linear sums decayed are kept under their old labels, marked 'no decay'."""
-    return "" if config.decay_horizon is None else f", decay {config.decay_horizon:,.0f}"
+def config_label(config: StudentConfig) -> str:
+    """Rows keep the labels they were measured under: the decay is marked when on, the window when it is
+    not the first one (64), so rows of earlier settings stay in the table beside the new ones."""
+    label = "" if config.decay_horizon is None else f", decay {config.decay_horizon:,.0f}"
+    return label + ("" if config.window == 64 else f", window {config.window}")
 
 
 def wikitext_ids(teacher: LanguageModel, count: int) -> torch.Tensor:

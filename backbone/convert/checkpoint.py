@@ -27,7 +27,7 @@ class Progress:
     seconds: float = 0.0
     seed: int = 0
     config: dict[str, Any] = field(default_factory=dict)
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 def save_checkpoint(folder: Path, params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | None,

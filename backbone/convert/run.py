@@ -2,7 +2,8 @@
 
 Folders: `<out>/transfer` and `<out>/finetune` hold resumable checkpoints; `export` writes the
 trained parameters (≤ 20 MB) with a manifest carrying their sha256 beside them. A checkpoint records its
-student configuration, so a widened run resumes, exports and benchmarks at its own feature size.
+student configuration, so a widened run resumes, exports and benchmarks at its own feature size and window;
+`window=` on a resumed run switches the softmax window (it has no parameters) from that step on.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 import logging
 import math
 import platform
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -53,13 +54,18 @@ FINETUNE = StageConfig("finetune", steps=300, lr=1e-3, seq_len=1024, batch_size=
 LORA_RANK = 8
 
 
-def student_config(stage: str, feature_dim: int | None = None) -> StudentConfig:
-    return StudentConfig(lora_rank=LORA_RANK if stage == "finetune" else 0, feature_dim=feature_dim)
+PRE_WINDOW_OPTION_WINDOW = 64  # checkpoints that do not record a window were trained with this one
 
 
-def trained_feature_dim(folder: Path) -> int | None:
-    """The feature size a checkpoint was trained at (None: the default, 2 × head_dim)."""
-    return read_progress(folder).config.get("student", {}).get("feature_dim")
+def student_config(stage: str, feature_dim: int | None = None, window: int | None = None) -> StudentConfig:
+    shape = {} if window is None else {"window": window}
+    return StudentConfig(lora_rank=LORA_RANK if stage == "finetune" else 0, feature_dim=feature_dim, **shape)
+
+
+def trained_config(folder: Path, stage: str) -> StudentConfig:
+    """The student a checkpoint was trained as: its recorded feature size (None: 2 × head_dim) and window."""
+    recorded = read_progress(folder).config.get("student", {})
+    return student_config(stage, recorded.get("feature_dim"), recorded.get("window", PRE_WINDOW_OPTION_WINDOW))
 
 
 def newest_stage(out: Path) -> str:
@@ -67,15 +73,18 @@ def newest_stage(out: Path) -> str:
 
 
 def run_stage(teacher: LanguageModel, recipe: StageConfig, out: Path, shared_data: Path, cache_dir: Path,
-              max_seconds: float = math.inf, checkpoint_seconds: float = 600) -> dict:
-    """Run (or resume) one stage for at most `max_seconds`; returns its progress as a dict."""
+              max_seconds: float = math.inf, checkpoint_seconds: float = 600, window: int | None = None) -> dict:
+    """Run (or resume) one stage for at most `max_seconds`; returns its progress as a dict. `window`
+    (default: the checkpoint's, or StudentConfig's for a new run) sets the softmax window."""
     torch.manual_seed(recipe.seed)
     folder, warm = out / recipe.stage, out / "transfer"
     resuming = has_checkpoint(folder)
     if recipe.stage == "finetune" and not resuming and not has_checkpoint(warm):
         raise FileNotFoundError(f"Stage 2 starts from stage 1; run `rillet convert --stage transfer` first ({warm}).")
     source = folder if resuming else warm if recipe.stage == "finetune" else None
-    config = student_config(recipe.stage, None if source is None else trained_feature_dim(source))
+    config = student_config(recipe.stage, window=window) if source is None else trained_config(source, recipe.stage)
+    if window is not None:
+        config = replace(config, window=window)
     student = build_student(teacher.model, config)
     params = trainable_parameters(student)
     if recipe.stage == "finetune":
@@ -104,7 +113,8 @@ def widen(teacher: Transformer, out: Path, feature_dim: int, noise: float = 0.5,
     stage = newest_stage(out)
     folder = out / stage
     saved, opt_state, progress = load_checkpoint(folder)
-    narrow = build_student(teacher, student_config(stage, trained_feature_dim(folder)))
+    recorded = trained_config(folder, stage)
+    narrow = build_student(teacher, recorded)
     old_dim = narrow.layers[0].attention.hybrid.spec.feature_dim
     factor = widening_factor(old_dim, feature_dim)
     names = list(trainable_parameters(narrow))
@@ -113,7 +123,7 @@ def widen(teacher: Transformer, out: Path, feature_dim: int, noise: float = 0.5,
     optimizer = torch.optim.AdamW(params.values())
     if opt_state is not None:
         restore_moments(optimizer, params, widen_moments(moments_by_name(opt_state, names), factor))
-    progress.config = {**progress.config, "student": asdict(student_config(stage, feature_dim))}
+    progress.config = {**progress.config, "student": asdict(replace(recorded, feature_dim=feature_dim))}
     record = {"step": progress.step, "tokens": progress.tokens, "seconds": progress.seconds,
               "widened_from": old_dim, "widened_to": feature_dim, "widen_noise": noise}
     progress.history.append(record)
@@ -126,7 +136,7 @@ def export(teacher: LanguageModel, out: Path, target: Path) -> str:
     """Write the newest trained parameters (stage 2 if it ran, else stage 1) to `target` + manifest."""
     stage = newest_stage(out)
     saved, _, progress = load_checkpoint(out / stage)
-    config = student_config(stage, trained_feature_dim(out / stage))
+    config = trained_config(out / stage, stage)
     student = build_student(teacher.model, config)
     params = trainable_parameters(student)
     with torch.no_grad():

@@ -75,7 +75,11 @@ def train(stage: str, params: dict[str, nn.Parameter], loss_fn: LossFn, sampler:
         if opt_state is not None:
             restore_moments(optimizer, params, moments_by_name(opt_state, list(params)))
         if config and config != progress.config:  # e.g. the run was lengthened with --steps
-            log.info("recipe changed on resume: %s -> %s", progress.config, config)
+            changed = {key: [progress.config.get(key), value] for key, value in config.items()
+                       if progress.config.get(key) != value}
+            log.info("recipe changed on resume at step %d: %s", progress.step, changed)
+            progress.history.append({"step": progress.step, "tokens": progress.tokens,
+                                     "seconds": round(progress.seconds, 1), "changed": changed})
             progress.config = config
         log.info("resuming %s at step %d (%d tokens, %.0f s so far)", stage, progress.step, progress.tokens,
                  progress.seconds)

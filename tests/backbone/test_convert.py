@@ -94,7 +94,10 @@ def test_a_lengthened_run_continues_and_records_its_new_recipe(tmp_path: Path) -
     run(tmp_path / "c", steps=3)
     run(tmp_path / "c", steps=5)
     _, _, progress = load_checkpoint(tmp_path / "c")
-    assert progress.step == 5 and progress.config == {"steps": 5} and len(progress.history) == 5
+    assert progress.step == 5 and progress.config == {"steps": 5}
+    changes = [entry for entry in progress.history if "changed" in entry]
+    assert [(c["step"], c["tokens"], c["changed"]) for c in changes] == [(3, 3 * 2 * 40, {"steps": [3, 5]})]
+    assert len(progress.history) == 5 + 1
 
 
 def test_attention_transfer_lowers_the_loss(tmp_path: Path) -> None:

@@ -75,7 +75,7 @@ def test_a_widened_checkpoint_computes_what_the_narrow_one_did_and_trains_on(tmp
     narrow, _, _ = load_checkpoint(tmp_path / "finetune")
     record = convert.widen(teacher, tmp_path, 4 * TINY.head_dim, noise=0.0)
     assert (record["widened_from"], record["widened_to"], record["step"]) == (2 * TINY.head_dim, 4 * TINY.head_dim, 2)
-    assert convert.trained_feature_dim(tmp_path / "finetune") == 4 * TINY.head_dim
+    assert convert.trained_config(tmp_path / "finetune", "finetune").feature_dim == 4 * TINY.head_dim
     wide, opt_state, _ = load_checkpoint(tmp_path / "finetune")
     ids = torch.randint(0, TINY.vocab_size, (2, 40))
     wide_config = dataclasses.replace(CONFIG, feature_dim=4 * TINY.head_dim)
