@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,12 +21,17 @@ class ModelConfig:
     rope_theta: float = 10_000.0
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
+    # Per-frequency divisors of RoPE's inverse frequencies (Llama 3's long-context scaling); None: plain RoPE.
+    rope_freq_factors: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"{self.num_heads} query heads cannot share {self.num_kv_heads} key/value heads evenly.")
         if self.head_dim % 2:
             raise ValueError(f"Rotary embeddings need an even head dimension, not {self.head_dim}.")
+        if self.rope_freq_factors is not None and len(self.rope_freq_factors) != self.head_dim // 2:
+            raise ValueError(f"{len(self.rope_freq_factors)} rotary frequency factors for a head dimension of "
+                             f"{self.head_dim}; expected {self.head_dim // 2}.")
 
     @property
     def group_size(self) -> int:
@@ -33,7 +39,9 @@ class ModelConfig:
         return self.num_heads // self.num_kv_heads
 
     @classmethod
-    def from_gguf_metadata(cls, metadata: dict[str, Any], tensor_names: set[str] | None = None) -> ModelConfig:
+    def from_gguf_metadata(cls, metadata: dict[str, Any], tensor_names: set[str] | None = None,
+                           rope_freqs: Sequence[float] | None = None) -> ModelConfig:
+        """`rope_freqs`: the file's rope_freqs tensor, if any (how llama.cpp stores Llama 3's RoPE scaling)."""
         arch = metadata.get("general.architecture")
         if arch != "llama":
             raise ValueError(f"Only llama-architecture GGUF files are supported; this one says {arch!r}.")
@@ -59,11 +67,18 @@ class ModelConfig:
             rope_theta=float(key("rope.freq_base", 10_000.0)),
             norm_eps=float(key("attention.layer_norm_rms_epsilon", 1e-5)),
             tie_embeddings=tensor_names is None or "output.weight" not in tensor_names,
+            rope_freq_factors=None if rope_freqs is None else tuple(float(f) for f in rope_freqs),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain values; plain RoPE leaves `rope_freq_factors` out, so a model's identity (its fingerprint)
+        is what it was before the field existed."""
+        values = dataclasses.asdict(self)
+        if values["rope_freq_factors"] is None:
+            del values["rope_freq_factors"]
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
-        return cls(**values)
+        factors = values.get("rope_freq_factors")
+        return cls(**{**values, "rope_freq_factors": None if factors is None else tuple(factors)})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +61,9 @@ def config_from_hf(values: dict[str, Any]) -> ModelConfig:
                          f"{values.get('model_type')!r}.")
     rope = values.get("rope_parameters") or values.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type != "default":
-        raise ValueError(f"This model scales its rotary embeddings ({rope_type!r}); only plain rotary embeddings "
-                         "are supported (SmolLM2 and other llama models without rope scaling).")
+    if rope_type not in ("default", "llama3"):
+        raise ValueError(f"This model scales its rotary embeddings ({rope_type!r}); plain rotary embeddings and "
+                         "Llama 3's scaling are supported.")
     unsupported = {key: values[key] for key in ("attention_bias", "mlp_bias") if values.get(key)}
     if values.get("hidden_act", "silu") != "silu":
         unsupported["hidden_act"] = values["hidden_act"]
@@ -70,21 +71,44 @@ def config_from_hf(values: dict[str, Any]) -> ModelConfig:
         raise ValueError(f"config.json asks for {unsupported}, which this llama implementation does not have.")
     try:
         dim, num_heads = int(values["hidden_size"]), int(values["num_attention_heads"])
+        head_dim = int(values.get("head_dim") or dim // num_heads)
+        theta = float(rope.get("rope_theta", values.get("rope_theta", 10_000.0)))
+        factors = llama3_freq_factors(rope, head_dim, theta) if rope_type == "llama3" else None
         return ModelConfig(
             vocab_size=int(values["vocab_size"]),
             dim=dim,
             num_layers=int(values["num_hidden_layers"]),
             num_heads=num_heads,
             num_kv_heads=int(values.get("num_key_value_heads") or num_heads),
-            head_dim=int(values.get("head_dim") or dim // num_heads),
+            head_dim=head_dim,
             ffn_dim=int(values["intermediate_size"]),
             max_context=int(values["max_position_embeddings"]),
-            rope_theta=float(rope.get("rope_theta", values.get("rope_theta", 10_000.0))),
+            rope_theta=theta,
             norm_eps=float(values.get("rms_norm_eps", 1e-6)),
             tie_embeddings=bool(values.get("tie_word_embeddings", False)),
+            rope_freq_factors=factors,
         )
     except KeyError as exc:
         raise ValueError(f"config.json lacks {exc.args[0]!r}; the folder is incomplete.") from None
+
+
+def llama3_freq_factors(rope: dict[str, Any], head_dim: int, theta: float) -> tuple[float, ...]:
+    """Llama 3's rotary scaling as divisors of each inverse frequency: wavelengths longer than the original
+    context / low_freq_factor are stretched by `factor`, those shorter than context / high_freq_factor kept,
+    and the band between interpolated smoothly in frequency."""
+    factor, low, high = float(rope["factor"]), float(rope["low_freq_factor"]), float(rope["high_freq_factor"])
+    original = float(rope["original_max_position_embeddings"])
+    divisors = []
+    for i in range(0, head_dim, 2):
+        wavelength = 2 * math.pi * theta ** (i / head_dim)
+        if wavelength > original / low:
+            divisors.append(factor)
+        elif wavelength < original / high:
+            divisors.append(1.0)
+        else:
+            smooth = (original / wavelength - low) / (high - low)
+            divisors.append(1.0 / ((1 - smooth) / factor + smooth))
+    return tuple(divisors)
 
 
 def weight_files(folder: Path) -> list[Path]:

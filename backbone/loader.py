@@ -94,7 +94,9 @@ def _cache_folder(cache_dir: Path, gguf_path: Path) -> Path:
 
 def _convert(gguf_path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], ChatTokenizer, str]:
     contents = read_gguf(gguf_path)
-    config = ModelConfig.from_gguf_metadata(contents.metadata, set(contents.tensors))
+    rope_freqs = contents.tensors.get("rope_freqs.weight")
+    config = ModelConfig.from_gguf_metadata(contents.metadata, set(contents.tensors),
+                                            None if rope_freqs is None else rope_freqs.double().flatten().tolist())
     weights = gguf_to_state_dict(contents.tensors, config)
     tokenizer = ChatTokenizer.from_gguf_metadata(contents.metadata)
     if tokenizer.vocab_size != config.vocab_size:

@@ -69,10 +69,14 @@ class Rope:
         return self._capped[limit]
 
 
-def rope_tables(head_dim: int, max_context: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of shape (max_context, head_dim), computed in float64 then rounded once."""
+def rope_tables(head_dim: int, max_context: int, theta: float,
+                freq_factors: tuple[float, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of shape (max_context, head_dim), computed in float64 then rounded once; `freq_factors`
+    divide the inverse frequencies (Llama 3 scaling, as llama.cpp's rope_freqs)."""
     # Explicit device: the loader builds the model under torch.device("meta"), but these are real values.
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device="cpu") / head_dim)
+    if freq_factors is not None:
+        inv_freq = inv_freq / torch.tensor(freq_factors, dtype=torch.float64, device="cpu")
     angles = torch.outer(torch.arange(max_context, dtype=torch.float64, device="cpu"), inv_freq)
     angles = torch.cat((angles, angles), dim=-1)
     return angles.cos().float(), angles.sin().float()
@@ -180,7 +184,7 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
-        cos, sin = rope_tables(config.head_dim, config.max_context, config.rope_theta)
+        cos, sin = rope_tables(config.head_dim, config.max_context, config.rope_theta, config.rope_freq_factors)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
@@ -189,7 +193,8 @@ class Transformer(nn.Module):
             # Only a model without a context limit (the linearized student) gets here; the teacher's
             # KV cache refuses to grow past the trained context first.
             size = max(start + length, 2 * self.rope_cos.shape[0])
-            cos, sin = rope_tables(self.config.head_dim, size, self.config.rope_theta)
+            cos, sin = rope_tables(self.config.head_dim, size, self.config.rope_theta,
+                                   self.config.rope_freq_factors)
             self.rope_cos, self.rope_sin = cos.to(self.rope_cos.device), sin.to(self.rope_sin.device)
         cos = self.rope_cos[start : start + length].to(dtype)
         sin = self.rope_sin[start : start + length].to(dtype)

@@ -69,6 +69,12 @@ def test_config_comes_from_metadata(reader: GGUFReader) -> None:
     changed = dict(metadata, **{"llama.block_count": 4, "llama.rope.freq_base": 500_000.0})
     other = ModelConfig.from_gguf_metadata(changed, {"output.weight"})
     assert (other.num_layers, other.rope_theta, other.tie_embeddings) == (4, 500_000.0, False)
+    assert config.rope_freq_factors is None
+    factors = torch.linspace(1.0, 8.0, 32)  # a Llama 3 file's rope_freqs tensor: one divisor per frequency
+    scaled = ModelConfig.from_gguf_metadata(metadata, {"rope_freqs.weight"}, factors.tolist())
+    assert scaled.rope_freq_factors == tuple(factors.tolist())
+    with pytest.raises(ValueError, match="expected 32"):
+        ModelConfig.from_gguf_metadata(metadata, None, factors[:16].tolist())
     with pytest.raises(ValueError, match="llama"):
         ModelConfig.from_gguf_metadata(dict(metadata, **{"general.architecture": "gpt2"}))
     with pytest.raises(ValueError, match="block_count"):

@@ -19,6 +19,7 @@ from backbone.convert import data  # noqa: E402
 from backbone.generate import SamplingConfig  # noqa: E402
 from backbone.hf_folder import read_hf_folder  # noqa: E402
 from backbone.loader import load_model  # noqa: E402
+from backbone.model import rope_tables  # noqa: E402
 from backbone.student import StudentConfig, build_student, save_student  # noqa: E402
 
 TEXTS = ["def add(a, b):\n    return a + b\n", "The quick brown fox jumps over the lazy dog.", "Zürich, 12 €, naïve 😀"]
@@ -83,6 +84,26 @@ def test_logits_match_transformers(tmp_path: Path, tie: bool, shard: str | None)
         assert (got - expected).abs().max() <= 1e-4, length
 
 
+def test_llama3_rotary_scaling_matches_transformers(tmp_path: Path) -> None:
+    """Llama 3's scaled RoPE (original context 64 here) read from config.json: every band of the scaling is
+    exercised (head_dim 16, theta 5,000: wavelengths from 6 to ~2,600 tokens) and positions reach 200."""
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64}
+    folder = save_folder(tmp_path / "llama3", rope_scaling=scaling)
+    model = load_model("teacher", model_dir=folder)
+    factors = model.config.rope_freq_factors
+    assert factors is not None and factors[0] == 1.0 and factors[-1] == 8.0 and any(1 < f < 8 for f in factors)
+    ids = torch.randint(0, model.config.vocab_size, (1, 200), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        got = model.forward_logits(ids)
+        plain_cos, plain_sin = rope_tables(model.config.head_dim, 256, model.config.rope_theta)
+        model.model.rope_cos, model.model.rope_sin = plain_cos, plain_sin
+        unscaled = model.forward_logits(ids)
+    expected = reference_logits(folder, ids)
+    assert (got - expected).abs().max() <= 1e-4
+    assert (unscaled - expected).abs().max() > 1e-2  # the scaling matters at these positions
+
+
 def test_bfloat16_checkpoint_and_folder_given_as_gguf_path(tmp_path: Path) -> None:
     folder = save_folder(tmp_path / "bf16", dtype=torch.bfloat16)
     model = load_model("teacher", gguf_path=folder)  # a folder where a GGUF was expected reads as a folder
@@ -138,8 +159,11 @@ def test_unsupported_or_broken_folders_get_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not both"):
         load_model("teacher", model_dir=folder, gguf_path=folder)
 
-    rewrite_json(folder / "config.json", rope_parameters={"rope_type": "llama3", "factor": 8.0, "rope_theta": 5e5})
+    rewrite_json(folder / "config.json", rope_parameters={"rope_type": "yarn", "factor": 8.0, "rope_theta": 5e5})
     with pytest.raises(ValueError, match="rotary"):
+        read_hf_folder(folder)
+    rewrite_json(folder / "config.json", rope_parameters={"rope_type": "llama3", "factor": 8.0, "rope_theta": 5e5})
+    with pytest.raises(ValueError, match="lacks 'low_freq_factor'"):
         read_hf_folder(folder)
     rewrite_json(folder / "config.json", rope_parameters={"rope_type": "default", "rope_theta": 5000.0},
                  attention_bias=True)

@@ -3,6 +3,7 @@ the KV cache against the full forward, captures for attention transfer, and cach
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 
@@ -218,3 +219,12 @@ def test_build_transformer_ties_embeddings() -> None:
     ids = torch.tensor([[1, 5, 9]])
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(ids), model(ids), rtol=0, atol=0)
+
+
+def test_rotary_frequency_factors_round_trip_and_leave_plain_configs_as_they_were() -> None:
+    """A plain config's dict (its fingerprint's input) has no factor key; a scaled one survives JSON."""
+    assert "rope_freq_factors" not in TINY.to_dict()
+    scaled = ModelConfig(**{**TINY.to_dict(), "rope_freq_factors": (1.0, 2.5, 4.0, 8.0)})
+    assert ModelConfig.from_dict(json.loads(json.dumps(scaled.to_dict()))) == scaled
+    with pytest.raises(ValueError, match="expected 4"):
+        ModelConfig(**{**TINY.to_dict(), "rope_freq_factors": (1.0, 2.0)})
