@@ -323,10 +323,11 @@ def naive_hybrid_attention(
 class HybridAttention(nn.Module):
     """Trainable hybrid attention of one layer: feature maps for queries and keys plus the per-head mix.
 
-    Keys are mapped per key/value head by default, so the linear sums are (Hkv, F, D) and a 30-layer
-    state of SmolLM2's shape stays near 6 MB in float32; `key_map_per_query_head` gives every query head
-    its own key map at three times the linear-state size. `decay_horizon` H sets γ = 1 − 1/H on every
-    state head (None: no decay), so the linear part weighs about the last H keys past the window.
+    Keys are mapped per key/value head by default, so the linear sums are (Hkv, F, D): 3 MB in float32 over
+    the 30 layers of SmolLM2's shape, beside 45 KiB per exact (sink or window) token;
+    `key_map_per_query_head` gives every query head its own key map at three times the linear-state size.
+    `decay_horizon` H sets γ = 1 − 1/H on every state head (None: no decay), so the linear part weighs
+    about the last H keys past the window.
     """
 
     def __init__(
