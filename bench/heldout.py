@@ -12,7 +12,6 @@ Writes bench/results/heldout.md.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 from itertools import pairwise
 from pathlib import Path
@@ -23,8 +22,7 @@ import torch
 from backbone.evaluate import bucket_perplexity, streaming_nll
 from backbone.generate import LanguageModel
 from backbone.loader import load_model
-from backbone.lora import LoRALinear
-from backbone.student import DEFAULT_STUDENT, build_student, load_student, read_student_file, wrap_student
+from backbone.student import load_student
 from bench.student import student_variant
 
 MANUAL = Path("/usr/share/vim/vim90/doc")
@@ -48,16 +46,6 @@ def by_position(model: LanguageModel, ids: torch.Tensor) -> tuple[float, list[fl
     return math.exp(float(losses.mean())), [ppl for _, _, ppl in bucket_perplexity(losses, EDGES)]
 
 
-def shipped_with_window(teacher: LanguageModel, window: int) -> tuple[str, LanguageModel]:
-    config, tensors, _ = read_student_file(DEFAULT_STUDENT)
-    student = build_student(teacher.model, dataclasses.replace(config, window=window))
-    student.load_state_dict(tensors, strict=False)
-    for module in student.modules():
-        if isinstance(module, LoRALinear):
-            module.merge()
-    return f"shipped parameters, window {window}", wrap_student(student.eval(), teacher, f"window-{window}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--training", action="store_true", help="Also the newest stage-2 training checkpoint.")
@@ -70,7 +58,8 @@ def main() -> None:
     models = [("teacher (softmax)", teacher), ("shipped student", load_student(teacher))]
     if args.training and (trained := student_variant(teacher, "finetune")) is not None:
         models.append(trained)
-    models += [shipped_with_window(teacher, int(w)) for w in args.windows.split(",") if w]
+    models += [(f"shipped parameters, window {w}", load_student(teacher, window=int(w)))
+               for w in args.windows.split(",") if w]
     buckets = [f"{lo:,}–{hi:,}" for lo, hi in pairwise(EDGES)]
     lines = [f"## Held-out prose: Vim user manual ({', '.join(CHAPTERS)}), first {TOKENS:,} tokens, "
              f"{TOKENS // WINDOW} × {WINDOW:,} windows", "",

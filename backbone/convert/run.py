@@ -54,18 +54,17 @@ FINETUNE = StageConfig("finetune", steps=300, lr=1e-3, seq_len=1024, batch_size=
 LORA_RANK = 8
 
 
-PRE_WINDOW_OPTION_WINDOW = 64  # checkpoints that do not record a window were trained with this one
+UNRECORDED_WINDOW = 64  # checkpoints that record no student configuration were trained with this window
 
 
-def student_config(stage: str, feature_dim: int | None = None, window: int | None = None) -> StudentConfig:
-    shape = {} if window is None else {"window": window}
-    return StudentConfig(lora_rank=LORA_RANK if stage == "finetune" else 0, feature_dim=feature_dim, **shape)
+def student_config(stage: str, feature_dim: int | None = None, window: int = StudentConfig.window) -> StudentConfig:
+    return StudentConfig(lora_rank=LORA_RANK if stage == "finetune" else 0, feature_dim=feature_dim, window=window)
 
 
 def trained_config(folder: Path, stage: str) -> StudentConfig:
     """The student a checkpoint was trained as: its recorded feature size (None: 2 × head_dim) and window."""
     recorded = read_progress(folder).config.get("student", {})
-    return student_config(stage, recorded.get("feature_dim"), recorded.get("window", PRE_WINDOW_OPTION_WINDOW))
+    return student_config(stage, recorded.get("feature_dim"), recorded.get("window", UNRECORDED_WINDOW))
 
 
 def newest_stage(out: Path) -> str:
@@ -82,7 +81,7 @@ def run_stage(teacher: LanguageModel, recipe: StageConfig, out: Path, shared_dat
     if recipe.stage == "finetune" and not resuming and not has_checkpoint(warm):
         raise FileNotFoundError(f"Stage 2 starts from stage 1; run `rillet convert --stage transfer` first ({warm}).")
     source = folder if resuming else warm if recipe.stage == "finetune" else None
-    config = student_config(recipe.stage, window=window) if source is None else trained_config(source, recipe.stage)
+    config = student_config(recipe.stage) if source is None else trained_config(source, recipe.stage)
     if window is not None:
         config = replace(config, window=window)
     student = build_student(teacher.model, config)

@@ -52,6 +52,14 @@ def test_state_size_is_constant_and_under_10_mb(student: Any, prose_ids: torch.T
     assert state.nbytes == empty < 10 * 2**20
 
 
+def test_another_window_reads_the_same_parameters_with_its_own_exact_state(teacher: Any, student: Any) -> None:
+    narrow = load_student(teacher, window=64)
+    config = teacher.config
+    per_token = 2 * config.num_layers * config.num_kv_heads * config.head_dim * 4  # keys and values, float32
+    assert narrow.new_state().spec.window == 64 < student.new_state().spec.window
+    assert student.new_state().nbytes - narrow.new_state().nbytes == (student.new_state().spec.window - 64) * per_token
+
+
 def test_trained_parameters_beat_the_untrained_hybrid(teacher: Any, student: Any, prose_ids: torch.Tensor) -> None:
     untrained = build_student(teacher.model, StudentConfig()).eval()
     trained_ppl = perplexity(student.model, prose_ids, 512)
