@@ -132,8 +132,9 @@ def convert(
     seq_len: int | None = typer.Option(None, min=16, help="Tokens per sequence (default: the recipe's, 1024)."),
     feature_lr_scale: float | None = typer.Option(None, min=0.0, help="The feature maps' learning rate as a "
                                                   "multiple of the schedule's (default 1)."),
-    window: int | None = typer.Option(None, min=1, help="Softmax window in tokens (default: the checkpoint's; "
-                                      "128 for a new run); a resumed run switches to it from its next step."),
+    window: str | None = typer.Option(None, help="Softmax window in tokens, e.g. 128, or a window with layers "
+                                      "of their own, e.g. 64,17:512,20:1024 (default: the checkpoint's; 128 for a "
+                                      "new run); a resumed run switches to it from its next step."),
     feature_dim: int | None = typer.Option(None, min=2, help="widen: the new number of linear-attention features "
                                            "(a whole multiple of the present one, e.g. 256 from 128)."),
 ) -> None:
@@ -144,7 +145,7 @@ def convert(
 
     from backbone.convert import run
     from backbone.loader import load_model
-    from backbone.student import DEFAULT_STUDENT
+    from backbone.student import DEFAULT_STUDENT, WindowError
 
     if model_dir is not None and gguf is not None:
         raise typer.BadParameter("give the teacher as --model-dir or as --gguf, not both")
@@ -184,9 +185,12 @@ def convert(
     shape = {k: v for k, v in (("steps", steps), ("batch_size", batch_size), ("seq_len", seq_len),
                                ("feature_lr_scale", feature_lr_scale)) if v is not None}
     recipe = replace(recipes[stage], **shape)
-    progress = run.run_stage(teacher, recipe, folder, settings.shared_data, settings.cache_dir,
-                             max_seconds=max_minutes * 60, checkpoint_seconds=checkpoint_minutes * 60,
-                             window=window)
+    try:
+        progress = run.run_stage(teacher, recipe, folder, settings.shared_data, settings.cache_dir,
+                                 max_seconds=max_minutes * 60, checkpoint_seconds=checkpoint_minutes * 60,
+                                 window=window)
+    except WindowError as exc:
+        raise typer.BadParameter(str(exc)) from exc
     console.print(f"{stage}: step {progress['step']}/{recipe.steps}, {progress['tokens']:,} tokens, "
                   f"{progress['seconds']:.0f} s of training")
 

@@ -41,12 +41,17 @@ DEFAULT_STUDENT = CHECKPOINTS / "smollm2-135m-hybrid.safetensors"
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
+class WindowError(ValueError):
+    """A softmax window setting that cannot apply (bad spec, or a layer the model lacks)."""
+
+
 @dataclass(frozen=True)
 class StudentConfig:
     """How the teacher's attention is replaced; stored in the parameter file's metadata."""
 
     sinks: int = 4
     window: int = 128  # chosen on held-out prose (bench/heldout --windows): 64 read 16% higher ppl
+    window_overrides: tuple[tuple[int, int], ...] = ()  # (layer, window) pairs: layers with their own window
     feature_map: str = "hedgehog"
     feature_dim: int | None = None
     key_map_per_query_head: bool = False
@@ -56,12 +61,55 @@ class StudentConfig:
     sink_distance: int | None = 4096
     decay_horizon: float | None = 1024.0
 
+    def __post_init__(self) -> None:
+        windows = [self.window, *(w for _, w in self.window_overrides)]
+        layers = [layer for layer, _ in self.window_overrides]
+        if min(windows) < 1 or min(layers, default=0) < 0 or len(set(layers)) < len(layers):
+            raise WindowError(f"windows must be at least 1 token, for distinct layers ≥ 0; got window {self.window}, "
+                             f"overrides {self.window_overrides}")
+
+    def layer_windows(self, num_layers: int) -> list[int]:
+        """The softmax window of each of `num_layers` layers."""
+        windows = [self.window] * num_layers
+        for layer, window in self.window_overrides:
+            if layer >= num_layers:
+                raise WindowError(f"window override for layer {layer}, but the model has {num_layers} layers "
+                                 f"(0–{num_layers - 1})")
+            windows[layer] = window
+        return windows
+
+    def with_window(self, spec: str) -> StudentConfig:
+        """This configuration with the windows of `spec`: "128" (every layer), or "64,17:512,20:1024" (64,
+        and layers 17 and 20 with their own)."""
+        default, overrides = None, []
+        for item in spec.replace(" ", "").split(","):
+            layer, _, window = item.rpartition(":")
+            if not window.isdigit() or (layer and not layer.isdigit()) or (not layer and default is not None):
+                raise WindowError(f"window spec {spec!r}: expected one window, then layer:window pairs, "
+                                 "e.g. 64,17:512,20:1024")
+            if layer:
+                overrides.append((int(layer), int(window)))
+            else:
+                default = int(window)
+        return dataclasses.replace(self, window=self.window if default is None else default,
+                                   window_overrides=tuple(sorted(overrides)))
+
+    def describe_window(self) -> str:
+        """E.g. "128", or "64, layers 17, 18: 512"."""
+        by_window: dict[int, list[int]] = {}
+        for layer, window in self.window_overrides:
+            by_window.setdefault(window, []).append(layer)
+        parts = [f"layers {', '.join(map(str, layers))}: {w}" for w, layers in sorted(by_window.items())]
+        return ", ".join([str(self.window), *parts])
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> StudentConfig:
-        return cls(**json.loads(text))
+        values = json.loads(text)
+        values["window_overrides"] = tuple(tuple(pair) for pair in values.get("window_overrides", ()))
+        return cls(**values)
 
 
 class StudentAttention(nn.Module):
@@ -73,11 +121,11 @@ class StudentAttention(nn.Module):
     absorbing attention there and perplexity explodes.
     """
 
-    def __init__(self, teacher: SoftmaxAttention, config: StudentConfig) -> None:
+    def __init__(self, teacher: SoftmaxAttention, config: StudentConfig, window: int) -> None:
         super().__init__()
         self.projections = teacher
         self.hybrid = HybridAttention(teacher.num_heads, teacher.num_kv_heads, teacher.head_dim,
-                                      sinks=config.sinks, window=config.window, feature_map=config.feature_map,
+                                      sinks=config.sinks, window=window, feature_map=config.feature_map,
                                       feature_dim=config.feature_dim,
                                       key_map_per_query_head=config.key_map_per_query_head,
                                       mix_init=config.mix_init, decay_horizon=config.decay_horizon)
@@ -105,8 +153,8 @@ def build_student(teacher: Transformer, config: StudentConfig) -> Transformer:
     weights = {k: v for k, v in teacher.state_dict().items() if not k.startswith("rope_")}
     student = build_transformer(teacher.config, weights)
     device = teacher.embed.weight.device
-    for layer in student.layers:
-        layer.attention = StudentAttention(layer.attention, config)
+    for layer, window in zip(student.layers, config.layer_windows(len(student.layers)), strict=True):
+        layer.attention = StudentAttention(layer.attention, config, window)
     if config.lora_rank:
         for layer in student.layers:
             wrap_linears(layer.attention.projections, LORA_TARGETS, config.lora_rank, 2.0 * config.lora_rank)
@@ -125,8 +173,9 @@ def trainable_parameters(student: nn.Module) -> dict[str, nn.Parameter]:
 
 
 def state_spec(student: Transformer) -> StateSpec:
-    spec = student.layers[0].attention.hybrid.spec
-    return dataclasses.replace(spec, num_layers=len(student.layers))
+    windows = tuple(layer.attention.hybrid.spec.window for layer in student.layers)
+    spec = dataclasses.replace(student.layers[0].attention.hybrid.spec, num_layers=len(windows), window=max(windows))
+    return spec if len(set(windows)) == 1 else dataclasses.replace(spec, layer_windows=windows)
 
 
 def save_student(path: Path, student: Transformer, config: StudentConfig, teacher_fingerprint: str,
@@ -157,9 +206,10 @@ def read_student_file(path: Path) -> tuple[StudentConfig, dict[str, torch.Tensor
 
 def load_student(teacher_model: LanguageModel, student_path: Path | None = None,
                  device: str | torch.device = "cpu", expected_sha256: str | None = None,
-                 window: int | None = None) -> LanguageModel:
+                 window: str | None = None) -> LanguageModel:
     """The teacher plus the trained student parameters, as a `LanguageModel` with `RecurrentState`s.
-    `window` reads them with another softmax window than the file's (the window has no parameters)."""
+    `window` (see `StudentConfig.with_window`) reads them with other softmax windows than the file's (the
+    windows have no parameters)."""
     path = Path(student_path) if student_path is not None else DEFAULT_STUDENT
     if not path.is_file():
         raise FileNotFoundError(f"No trained student parameters at {path}. Train them with `rillet convert`, "
@@ -173,7 +223,7 @@ def load_student(teacher_model: LanguageModel, student_path: Path | None = None,
                          "the file is damaged or was replaced; restore it from the repository.")
     config, tensors, metadata = read_student_file(path)
     if window is not None:
-        config = dataclasses.replace(config, window=window)
+        config = config.with_window(window)
     if metadata.get("teacher_fingerprint") not in (None, teacher_model.fingerprint):
         raise ValueError("These student parameters were trained on another teacher model file; "
                          "convert again for this one (rillet convert).")

@@ -1,10 +1,11 @@
 """Perplexity @2,048 by position on prose that is neither training text nor WikiText-2 test: Vim's user
 manual (installed with vim). Choosing between checkpoints on this keeps the test set for reporting only.
 
-    python -m bench.heldout [--training] [--windows 64,128]
+    python -m bench.heldout [--training] [--windows 128 64,17:512,20:1024]
 
 --training adds the newest stage-2 checkpoint; --windows reads the shipped parameters with other softmax
-windows (the window has no parameters), which is how the shipped window was chosen.
+windows (they have no parameters; forms of `StudentConfig.with_window`), which is how the shipped windows
+were checked.
 
 Writes bench/results/heldout.md.
 """
@@ -49,8 +50,8 @@ def by_position(model: LanguageModel, ids: torch.Tensor) -> tuple[float, list[fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--training", action="store_true", help="Also the newest stage-2 training checkpoint.")
-    parser.add_argument("--windows", default="", help="Comma-separated softmax windows to read the shipped "
-                        "parameters with, e.g. 64,128.")
+    parser.add_argument("--windows", nargs="*", default=[], help="Softmax windows to read the shipped "
+                        "parameters with, e.g. 128 64,17:512 (one window, or one with layers of their own).")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     teacher = load_model("teacher")
@@ -58,8 +59,7 @@ def main() -> None:
     models = [("teacher (softmax)", teacher), ("shipped student", load_student(teacher))]
     if args.training and (trained := student_variant(teacher, "finetune")) is not None:
         models.append(trained)
-    models += [(f"shipped parameters, window {w}", load_student(teacher, window=int(w)))
-               for w in args.windows.split(",") if w]
+    models += [(f"shipped parameters, window {w}", load_student(teacher, window=w)) for w in args.windows]
     buckets = [f"{lo:,}–{hi:,}" for lo, hi in pairwise(EDGES)]
     lines = [f"## Held-out prose: Vim user manual ({', '.join(CHAPTERS)}), first {TOKENS:,} tokens, "
              f"{TOKENS // WINDOW} × {WINDOW:,} windows", "",

@@ -96,10 +96,11 @@ def student_variant(teacher: LanguageModel, name: str, plain: bool = False) -> t
 
 
 def config_label(config: StudentConfig) -> str:
-    """Rows keep the labels they were measured under: the decay is marked when on, the window when it is
-    not the first one (64), so rows of earlier settings stay in the table beside the new ones."""
+    """Rows keep the labels they were measured under: the decay is marked when on, the windows when they are
+    not the first setting (64 everywhere), so rows of earlier settings stay in the table beside the new ones."""
     label = "" if config.decay_horizon is None else f", decay {config.decay_horizon:,.0f}"
-    return label + ("" if config.window == 64 else f", window {config.window}")
+    plain = config.window == 64 and not config.window_overrides
+    return label + ("" if plain else f", window {config.describe_window()}")
 
 
 def wikitext_ids(teacher: LanguageModel, count: int) -> torch.Tensor:

@@ -2,9 +2,10 @@
 
 Per layer it holds the linear-attention sums (kv, k_sum) and, for hybrid attention, the exactly attended
 keys/values `exact_k`, `exact_v`: `sinks` slots for the first tokens (kept forever), then a ring buffer of
-the last `window` tokens (position p ≥ 0 sits in ring slot p mod window). Its size does not depend on how
-many tokens it has read. It implements `backbone.state.ModelState`, so memory/ can persist it as named
-tensors plus metadata, and it round-trips exactly through safetensors bytes.
+the last `window` tokens (position p ≥ 0 sits in ring slot p mod window). Layers may have windows of their
+own (`layer_windows`): a few layers that recall from far back get long windows, the rest short ones. Its
+size does not depend on how many tokens it has read. It implements `backbone.state.ModelState`, so memory/
+can persist it as named tensors plus metadata, and it round-trips exactly through safetensors bytes.
 """
 
 from __future__ import annotations
@@ -32,16 +33,28 @@ class StateSpec:
     head_dim: int
     feature_dim: int
     sinks: int = 0
-    window: int = 0
+    window: int = 0  # the window of every layer, or with `layer_windows` the widest of them
+    layer_windows: tuple[int, ...] = ()  # one window per layer where they differ; () when all are `window`
 
     def __post_init__(self) -> None:
         if self.layer_kind not in LAYER_KINDS:
             raise ValueError(f"layer_kind must be one of {LAYER_KINDS}, got {self.layer_kind!r}")
-        if self.layer_kind == "hybrid" and self.window < 1:
+        if self.layer_kind == "hybrid" and min(self.layer_windows, default=self.window) < 1:
             raise ValueError("a hybrid state needs window >= 1 (the current token is always attended exactly)")
+        if self.layer_windows and (len(self.layer_windows) != self.num_layers
+                                   or self.window != max(self.layer_windows)):
+            raise ValueError(f"layer_windows needs one window per layer ({self.num_layers}) and window equal to "
+                             f"the widest; got {self.layer_windows} with window {self.window}")
+
+    def layer(self, index: int) -> StateSpec:
+        """The spec of layer `index` alone (its own window)."""
+        window = self.layer_windows[index] if self.layer_windows else self.window
+        return dataclasses.replace(self, num_layers=1, window=window, layer_windows=())
 
     def layer_shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
         """Shapes of one layer's tensors, by name."""
+        if self.layer_windows:
+            raise ValueError("layers of this spec have windows of their own: take one layer's shapes with layer(i)")
         shapes = {
             "kv": (batch, self.state_heads, self.feature_dim, self.head_dim),
             "k_sum": (batch, self.state_heads, self.feature_dim),
@@ -51,13 +64,20 @@ class StateSpec:
         return shapes
 
     def to_metadata(self) -> dict[str, str]:
-        return {f"spec.{key}": str(value) for key, value in dataclasses.asdict(self).items()}
+        """Strings for safetensors metadata; `layer_windows` only when set, so uniform specs read as before."""
+        fields = dataclasses.asdict(self)
+        windows = fields.pop("layer_windows")
+        return {**{f"spec.{key}": str(value) for key, value in fields.items()},
+                **({"spec.layer_windows": ",".join(map(str, windows))} if windows else {})}
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, str]) -> StateSpec:
         try:
-            values = {f.name: metadata[f"spec.{f.name}"] for f in dataclasses.fields(cls)}
-            return cls(**{k: v if k == "layer_kind" else int(v) for k, v in values.items()})
+            names = [f.name for f in dataclasses.fields(cls) if f.name != "layer_windows"]
+            values: dict = {k: metadata[f"spec.{k}"] if k == "layer_kind" else int(metadata[f"spec.{k}"])
+                            for k in names}
+            windows = metadata.get("spec.layer_windows")
+            return cls(**values, layer_windows=tuple(int(w) for w in windows.split(",")) if windows else ())
         except (KeyError, ValueError) as error:
             raise ValueError(f"state metadata does not describe a recurrent state layout: {error}") from error
 
@@ -106,7 +126,7 @@ class RecurrentState:
 
     @classmethod
     def empty(cls, spec: StateSpec, batch: int = 1, device=None, dtype=torch.float32) -> RecurrentState:
-        return cls(spec, [LayerState.empty(spec, batch, device, dtype) for _ in range(spec.num_layers)])
+        return cls(spec, [LayerState.empty(spec.layer(i), batch, device, dtype) for i in range(spec.num_layers)])
 
     @property
     def num_tokens(self) -> int:
@@ -159,16 +179,17 @@ class RecurrentState:
         if first is None:
             raise ValueError("state tensors lack layers.0.kv")
         batch, dtype = first.shape[0], first.dtype
-        expected_names = {f"layers.{i}.{n}" for i in range(stored.num_layers) for n in stored.layer_shapes(batch)}
+        layer_specs = [stored.layer(i) for i in range(stored.num_layers)]
+        expected_names = {f"layers.{i}.{n}" for i, s in enumerate(layer_specs) for n in s.layer_shapes(batch)}
         if set(tensors) != expected_names:
             raise ValueError(
                 f"state tensors do not match the layout: missing {sorted(expected_names - set(tensors))[:4]}, "
                 f"unexpected {sorted(set(tensors) - expected_names)[:4]}"
             )
         layers = []
-        for i in range(stored.num_layers):
-            layer = LayerState({n: tensors[f"layers.{i}.{n}"] for n in stored.layer_shapes(batch)}, num_tokens)
-            layer.check(stored, batch, dtype)
+        for i, layer_spec in enumerate(layer_specs):
+            layer = LayerState({n: tensors[f"layers.{i}.{n}"] for n in layer_spec.layer_shapes(batch)}, num_tokens)
+            layer.check(layer_spec, batch, dtype)
             layers.append(layer)
         return cls(stored, layers)
 

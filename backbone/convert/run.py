@@ -2,8 +2,8 @@
 
 Folders: `<out>/transfer` and `<out>/finetune` hold resumable checkpoints; `export` writes the
 trained parameters (≤ 20 MB) with a manifest carrying their sha256 beside them. A checkpoint records its
-student configuration, so a widened run resumes, exports and benchmarks at its own feature size and window;
-`window=` on a resumed run switches the softmax window (it has no parameters) from that step on.
+student configuration, so a widened run resumes, exports and benchmarks at its own feature size and windows;
+`window=` on a resumed run switches the softmax windows (they have no parameters) from that step on.
 """
 
 from __future__ import annotations
@@ -57,14 +57,17 @@ LORA_RANK = 8
 UNRECORDED_WINDOW = 64  # checkpoints that record no student configuration were trained with this window
 
 
-def student_config(stage: str, feature_dim: int | None = None, window: int = StudentConfig.window) -> StudentConfig:
-    return StudentConfig(lora_rank=LORA_RANK if stage == "finetune" else 0, feature_dim=feature_dim, window=window)
+def student_config(stage: str, feature_dim: int | None = None, window: int = StudentConfig.window,
+                   window_overrides: tuple[tuple[int, int], ...] = ()) -> StudentConfig:
+    return StudentConfig(lora_rank=LORA_RANK if stage == "finetune" else 0, feature_dim=feature_dim, window=window,
+                         window_overrides=window_overrides)
 
 
 def trained_config(folder: Path, stage: str) -> StudentConfig:
-    """The student a checkpoint was trained as: its recorded feature size (None: 2 × head_dim) and window."""
+    """The student a checkpoint was trained as: its recorded feature size (None: 2 × head_dim) and windows."""
     recorded = read_progress(folder).config.get("student", {})
-    return student_config(stage, recorded.get("feature_dim"), recorded.get("window", UNRECORDED_WINDOW))
+    overrides = tuple(tuple(pair) for pair in recorded.get("window_overrides", ()))
+    return student_config(stage, recorded.get("feature_dim"), recorded.get("window", UNRECORDED_WINDOW), overrides)
 
 
 def newest_stage(out: Path) -> str:
@@ -72,9 +75,10 @@ def newest_stage(out: Path) -> str:
 
 
 def run_stage(teacher: LanguageModel, recipe: StageConfig, out: Path, shared_data: Path, cache_dir: Path,
-              max_seconds: float = math.inf, checkpoint_seconds: float = 600, window: int | None = None) -> dict:
+              max_seconds: float = math.inf, checkpoint_seconds: float = 600, window: str | None = None) -> dict:
     """Run (or resume) one stage for at most `max_seconds`; returns its progress as a dict. `window`
-    (default: the checkpoint's, or StudentConfig's for a new run) sets the softmax window."""
+    (default: the checkpoint's, or StudentConfig's for a new run) sets the softmax windows, in the form of
+    `StudentConfig.with_window`."""
     torch.manual_seed(recipe.seed)
     folder, warm = out / recipe.stage, out / "transfer"
     resuming = has_checkpoint(folder)
@@ -83,7 +87,7 @@ def run_stage(teacher: LanguageModel, recipe: StageConfig, out: Path, shared_dat
     source = folder if resuming else warm if recipe.stage == "finetune" else None
     config = student_config(recipe.stage) if source is None else trained_config(source, recipe.stage)
     if window is not None:
-        config = replace(config, window=window)
+        config = config.with_window(window)
     student = build_student(teacher.model, config)
     params = trainable_parameters(student)
     if recipe.stage == "finetune":
@@ -98,7 +102,7 @@ def run_stage(teacher: LanguageModel, recipe: StageConfig, out: Path, shared_dat
     corpus = Corpus.build(teacher.tokenizer.encode, teacher.fingerprint, shared_data, cache_dir)
     sampler = BatchSampler(corpus, teacher.tokenizer.encode, recipe.seq_len, recipe.batch_size, recipe.seed)
     schedule = Schedule(lr=recipe.lr, total_steps=recipe.steps)
-    recorded = {**asdict(recipe), "student": asdict(config), "corpus_tokens": corpus.sizes(),
+    recorded = {**asdict(recipe), "student": json.loads(config.to_json()), "corpus_tokens": corpus.sizes(),
                 "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()}
     progress = train(recipe.stage, params, loss_fn, sampler, schedule, folder, max_seconds=max_seconds,
                      checkpoint_seconds=checkpoint_seconds, config=recorded,
@@ -122,7 +126,7 @@ def widen(teacher: Transformer, out: Path, feature_dim: int, noise: float = 0.5,
     optimizer = torch.optim.AdamW(params.values())
     if opt_state is not None:
         restore_moments(optimizer, params, widen_moments(moments_by_name(opt_state, names), factor))
-    progress.config = {**progress.config, "student": asdict(replace(recorded, feature_dim=feature_dim))}
+    progress.config = {**progress.config, "student": json.loads(replace(recorded, feature_dim=feature_dim).to_json())}
     record = {"step": progress.step, "tokens": progress.tokens, "seconds": progress.seconds,
               "widened_from": old_dim, "widened_to": feature_dim, "widen_noise": noise}
     progress.history.append(record)

@@ -236,17 +236,17 @@ def test_convert_command_trains_and_exports_a_folder_teacher(tmp_path: Path, mon
     assert widened.exit_code == 0, widened.output
     assert json.loads((out / "transfer" / "progress.json").read_text())["config"]["student"]["window"] == 128
     resumed = runner.invoke(cli, ["convert", *common, "--steps", "3", "--batch-size", "1", "--seq-len", "40",
-                                  "--window", "16"])
+                                  "--window", "16,1:24"])
     assert resumed.exit_code == 0, resumed.output
     history = json.loads((out / "transfer" / "progress.json").read_text())["history"]
     (switch,) = [entry["changed"]["student"] for entry in history if "student" in entry.get("changed", {})]
-    assert [switch[0]["window"], switch[1]["window"]] == [128, 16]
+    assert [switch[0]["window"], switch[1]["window"]] == [128, 16] and switch[1]["window_overrides"] == [[1, 24]]
     assert switch[0]["feature_dim"] == switch[1]["feature_dim"] == 2 * features
     assert runner.invoke(cli, ["convert", *common, "--stage", "export", "--student-path", str(target)]).exit_code == 0
     wide = load_model("student", model_dir=folder, student_path=target)
-    assert wide.new_state().spec.feature_dim == 2 * features and wide.new_state().spec.window == 16
+    assert wide.new_state().spec.feature_dim == 2 * features and wide.new_state().spec.layer_windows == (16, 24)
     assert wide.generate(wide.tokenizer.encode("def"), None, SamplingConfig(max_new_tokens=3)).token_ids
 
-    for bad in (["--gguf", str(folder)], ["--device", "gpu"]):
+    for bad in (["--gguf", str(folder)], ["--device", "gpu"], ["--window", "16,2:24"], ["--window", "wide"]):
         result = runner.invoke(cli, ["convert", *common, *bad])
         assert result.exit_code == 2, result.output

@@ -68,3 +68,27 @@ def test_foreign_or_damaged_states_are_refused():
     tensors["layers.0.exact_k"] = tensors["layers.0.exact_k"][:, :, :4].contiguous()
     with pytest.raises(ValueError, match="another model configuration"):
         RecurrentState.from_tensors(tensors, metadata)
+
+
+def test_layers_with_windows_of_their_own_round_trip_and_are_checked():
+    mixed = dataclasses.replace(SPEC, window=12, layer_windows=(8, 12, 8))
+    state = RecurrentState.empty(mixed)
+    assert [layer.tensors["exact_k"].shape[2] for layer in state.layers] == [2 + 8, 2 + 12, 2 + 8]
+    for layer in state.layers:
+        for tensor in layer.tensors.values():
+            tensor.normal_()
+    data = state.to_bytes()
+    restored = RecurrentState.from_bytes(data, spec=mixed)
+    assert restored.spec == mixed
+    assert all(torch.equal(restored.to_tensors()[n], t) for n, t in state.to_tensors().items())
+    with pytest.raises(ValueError, match="another configuration"):
+        RecurrentState.from_bytes(data, spec=dataclasses.replace(mixed, layer_windows=(12, 8, 8)))
+    with pytest.raises(ValueError, match="another configuration"):
+        RecurrentState.from_bytes(data, spec=dataclasses.replace(SPEC, window=12))
+    assert "spec.layer_windows" not in filled_state().metadata()  # uniform states keep their old metadata
+    with pytest.raises(ValueError, match="one window per layer"):
+        dataclasses.replace(mixed, layer_windows=(8, 12))
+    with pytest.raises(ValueError, match="widest"):
+        dataclasses.replace(mixed, window=8)
+    with pytest.raises(ValueError, match=r"layer\(i\)"):
+        mixed.layer_shapes(1)

@@ -53,7 +53,7 @@ def test_state_size_is_constant_and_under_10_mb(student: Any, prose_ids: torch.T
 
 
 def test_another_window_reads_the_same_parameters_with_its_own_exact_state(teacher: Any, student: Any) -> None:
-    narrow = load_student(teacher, window=64)
+    narrow = load_student(teacher, window="64")
     config = teacher.config
     per_token = 2 * config.num_layers * config.num_kv_heads * config.head_dim * 4  # keys and values, float32
     assert narrow.new_state().spec.window == 64 < student.new_state().spec.window

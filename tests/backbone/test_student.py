@@ -53,9 +53,10 @@ def test_student_differs_from_teacher_beyond_the_window() -> None:
 
 
 @pytest.mark.parametrize("splits", [[1], [63, 1, 1], [100, 37, 13], [17, 150]])
-def test_full_forward_equals_prefill_then_steps(splits: list[int]) -> None:
+@pytest.mark.parametrize("config", [SMALL, SMALL.with_window("16,1:40")], ids=["one window", "layer windows"])
+def test_full_forward_equals_prefill_then_steps(splits: list[int], config: StudentConfig) -> None:
     teacher = tiny_model(seed=13)
-    student = build_student(teacher, SMALL)
+    student = build_student(teacher, config)
     perturb(student, 1)
     ids = torch.randint(0, TINY.vocab_size, (1, sum(splits)))
     spec = state_spec(student)
@@ -69,6 +70,49 @@ def test_full_forward_equals_prefill_then_steps(splits: list[int]) -> None:
         incremental = torch.cat(pieces, dim=1)
     assert state.num_tokens == ids.shape[1]
     assert relative_rms(incremental, full) < 2e-3
+
+
+def test_a_layer_window_changes_that_layer_only_and_sizes_its_state() -> None:
+    """Layer 1 with its own window 40: layer 0 reads exactly as in the uniform student; layer 1 as in a
+    uniform student of window 40; the state holds 24 more exact tokens in layer 1 alone."""
+    teacher = tiny_model(seed=18)
+    uniform, wide = build_student(teacher, SMALL), build_student(teacher, SMALL.with_window("40"))
+    mixed = build_student(teacher, SMALL.with_window("16,1:40"))
+    perturb(uniform, 5)
+    for model in (wide, mixed):
+        model.load_state_dict(uniform.state_dict())
+    x = torch.randn(1, 90, TINY.dim)
+    rope = teacher.rope(0, 90, torch.float32)
+    with torch.no_grad():
+        for layer, reference in ((0, uniform), (1, wide)):
+            expected = reference.layers[layer].attention(x, rope)
+            assert torch.equal(mixed.layers[layer].attention(x, rope), expected)
+        assert relative_rms(mixed.layers[1].attention(x, rope), uniform.layers[1].attention(x, rope)) > 1e-3
+    spec = state_spec(mixed)
+    assert spec.layer_windows == (16, 40) and spec.window == 40
+    assert state_spec(uniform).layer_windows == ()
+    per_token = 2 * TINY.num_kv_heads * TINY.head_dim * 4
+    assert RecurrentState.empty(spec).nbytes - RecurrentState.empty(state_spec(uniform)).nbytes == 24 * per_token
+
+
+@pytest.mark.parametrize(("text", "window", "overrides"), [
+    ("128", 128, ()), ("64,17:512,3:1024", 64, ((3, 1024), (17, 512))), (" 8 , 1:40 ", 8, ((1, 40),)),
+])
+def test_window_specs_parse(text: str, window: int, overrides: tuple) -> None:
+    config = StudentConfig().with_window(text)
+    assert (config.window, config.window_overrides) == (window, overrides)
+    assert StudentConfig.from_json(config.to_json()) == config
+
+
+@pytest.mark.parametrize("text", ["", "64,", "a", "64,128", "64,1:0", "64,1:8,1:16", "64,-1:8", "1:2:3"])
+def test_bad_window_specs_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="window"):
+        StudentConfig().with_window(text)
+
+
+def test_a_window_for_a_missing_layer_is_refused() -> None:
+    with pytest.raises(ValueError, match="model has 2 layers"):
+        build_student(tiny_model(seed=19), SMALL.with_window("16,2:40"))
 
 
 def test_student_shares_teacher_weights_and_leaves_the_teacher_intact() -> None:
