@@ -1,9 +1,10 @@
 """The student: the teacher's weights with every softmax attention replaced by hybrid linear attention.
 
 Each layer keeps the teacher's q/k/v/o projections (frozen, optionally with LoRA) and RoPE, and feeds
-the post-RoPE queries and keys to `HybridAttention` (exact softmax over 4 sinks and a 128-token window,
-Hedgehog linear attention for everything between). Its state is a constant-size `RecurrentState`, so the
-student has no context limit.
+the post-RoPE queries and keys to `HybridAttention` (exact softmax over 4 sinks and a sliding window,
+Hedgehog linear attention for everything between). The window may differ by layer: a few layers recall from
+far back and pay for long windows, most do not (bench/layer_windows.py measures which). Its state is a
+constant-size `RecurrentState`, so the student has no context limit.
 
 Two settings without parameters keep quality level far past the training length (bench/student.py,
 long-context table): the sinks are scored at a capped distance (`sink_distance`), and the linear sums
@@ -51,7 +52,7 @@ class StudentConfig:
 
     sinks: int = 4
     window: int = 128  # chosen on held-out prose (bench/heldout --windows): 64 read 16% higher ppl
-    window_overrides: tuple[tuple[int, int], ...] = ()  # (layer, window) pairs: layers with their own window
+    window_overrides: tuple[tuple[int, int], ...] = ()  # (layer, window) pairs: layers with windows of their own
     feature_map: str = "hedgehog"
     feature_dim: int | None = None
     key_map_per_query_head: bool = False

@@ -49,15 +49,20 @@ def test_state_size_is_constant_and_under_10_mb(student: Any, prose_ids: torch.T
     state = student.new_state()
     with torch.inference_mode():
         student.model(prose_ids[None], state)
-    assert state.nbytes == empty < 10 * 2**20
+    assert state.nbytes == empty < 10_000_000
 
 
 def test_another_window_reads_the_same_parameters_with_its_own_exact_state(teacher: Any, student: Any) -> None:
+    """The shipped file gives layers windows of their own; read with 64 everywhere, each layer's ring holds
+    64 tokens and the state shrinks by exactly the window tokens dropped."""
     narrow = load_student(teacher, window="64")
     config = teacher.config
-    per_token = 2 * config.num_layers * config.num_kv_heads * config.head_dim * 4  # keys and values, float32
-    assert narrow.new_state().spec.window == 64 < student.new_state().spec.window
-    assert student.new_state().nbytes - narrow.new_state().nbytes == (student.new_state().spec.window - 64) * per_token
+    per_layer_token = 2 * config.num_kv_heads * config.head_dim * 4  # keys and values, float32
+    windows = student.new_state().spec.layer_windows
+    assert len(windows) == config.num_layers and len(set(windows)) > 1
+    assert narrow.new_state().spec.layer_windows == () and narrow.new_state().spec.window == 64
+    dropped = sum(windows) - 64 * config.num_layers
+    assert student.new_state().nbytes - narrow.new_state().nbytes == dropped * per_layer_token
 
 
 def test_trained_parameters_beat_the_untrained_hybrid(teacher: Any, student: Any, prose_ids: torch.Tensor) -> None:
@@ -69,7 +74,7 @@ def test_trained_parameters_beat_the_untrained_hybrid(teacher: Any, student: Any
 
 def test_quality_holds_far_past_the_teachers_context(teacher: Any, student: Any, shared_data: Path) -> None:
     """14,336 tokens of essays read through the state: the last 2,048 predicted about as well as the first
-    4,096 (measured: 1.15; the same parameters without the sink-distance cap and the decay: 5.1)."""
+    4,096 (measured: 1.20; without the sink-distance cap and the decay, 5.1 at window 128 everywhere)."""
     essays = json.loads((shared_data / "niah" / "PaulGrahamEssays.json").read_text(encoding="utf-8"))["text"]
     ids = torch.tensor(teacher.tokenizer.encode(essays[:120_000])[:14_336])
     with torch.inference_mode():

@@ -1,0 +1,124 @@
+"""Which layers need a long softmax window: how the shipped student's per-layer windows were chosen.
+
+The window has no parameters, so the shipped parameters can be read with any window per layer. Under a
+fixed state budget (45 KiB per window token summed over layers, i.e. 1.5 KiB per token per layer), the
+windows should go where exact recall from far back pays. This reads the student on *selection* prose that
+is neither training text, nor the held-out chapters of bench/heldout, nor WikiText-2 test: Vim user manual
+chapters 20–29 and Python's pydoc reference topics, 2 × 2,048 tokens of each.
+
+    python -m bench.layer_windows sensitivity [--base 128 --wide 1024 --narrow 32]
+    python -m bench.layer_windows compare SPEC [SPEC ...]     e.g. 128 64,17:512,20:512
+
+`sensitivity` changes one layer's window at a time (to --wide, then to --narrow) and reports the change in
+mean loss; `compare` reads whole window settings and reports perplexity, state bytes and the ratio to the
+teacher. Each writes its own section of bench/results/layer_windows.md.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import argparse
+import math
+import pydoc_data.topics
+import re
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from backbone.generate import LanguageModel
+from backbone.loader import load_model
+from backbone.student import load_student
+
+MANUAL = Path("/usr/share/vim/vim90/doc")
+CHAPTERS = tuple(f"usr_{n}.txt" for n in range(20, 30))
+TOPICS = 60  # pydoc topics, in the module's order
+SEQUENCE, PER_SOURCE = 2048, 4096
+RESULTS = Path(__file__).resolve().parent / "results" / "layer_windows.md"
+
+
+def selection_ids(teacher: LanguageModel) -> torch.Tensor:
+    """(4, 2048) token ids: two sequences of Vim manual, two of pydoc topics."""
+    missing = [c for c in CHAPTERS if not (MANUAL / c).is_file()]
+    if missing:
+        raise SystemExit(f"Vim's user manual is not installed ({MANUAL / missing[0]}); "
+                         "install it (Debian: apt install vim-runtime).")
+    manual = "".join((MANUAL / c).read_text(encoding="utf-8", errors="replace") for c in CHAPTERS)
+    topics = "\n\n".join(list(pydoc_data.topics.topics.values())[:TOPICS])
+    ids = [teacher.tokenizer.encode(text)[:PER_SOURCE] for text in (manual, topics)]
+    return torch.tensor(ids[0] + ids[1]).view(-1, SEQUENCE)
+
+
+def mean_loss(model: LanguageModel, ids: torch.Tensor) -> float:
+    """Mean next-token loss over the sequences, each read in one full-sequence forward from position 0."""
+    with torch.inference_mode():
+        losses = [F.cross_entropy(model.model(row[None])[0, :-1], row[1:]) for row in ids]
+    return float(torch.stack(losses).mean())
+
+
+def write_section(name: str, lines: list[str]) -> None:
+    """Replace section `name` of the results file, keeping the others."""
+    text = RESULTS.read_text() if RESULTS.exists() else "# Per-layer softmax windows\n"
+    section = f"## {name}\n\n" + "\n".join(lines) + "\n"
+    pattern = re.compile(rf"^## {re.escape(name)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else f"{text}\n{section}"
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(text.rstrip() + "\n")
+
+
+def sensitivity(teacher: LanguageModel, ids: torch.Tensor, base: int, wide: int, narrow: int) -> None:
+    teacher_loss = mean_loss(teacher, ids)
+    base_loss = mean_loss(load_student(teacher, window=str(base)), ids)
+    lines = [f"Command: `python -m bench.layer_windows sensitivity --base {base} --wide {wide} --narrow {narrow}`. "
+             f"Every layer at window {base} (ppl {math.exp(base_loss):.2f}; teacher {math.exp(teacher_loss):.2f}), "
+             "then one layer changed. Δ: change in mean loss (nats); negative is better.", "",
+             f"| layer | Δ at {wide} | Δ at {narrow} |", "| --- | --- | --- |"]
+    layers = teacher.config.num_layers
+    for layer in tqdm(range(layers), desc="layers"):
+        deltas = [mean_loss(load_student(teacher, window=f"{base},{layer}:{w}"), ids) - base_loss
+                  for w in (wide, narrow)]
+        lines.append(f"| {layer} | {deltas[0]:+.4f} | {deltas[1]:+.4f} |")
+        print(lines[-1], flush=True)
+    write_section("Sensitivity", lines)
+
+
+def compare(teacher: LanguageModel, ids: torch.Tensor, specs: list[str]) -> None:
+    teacher_ppl = math.exp(mean_loss(teacher, ids))
+    lines = [f"Command: `python -m bench.layer_windows compare {' '.join(specs)}`. Teacher ppl {teacher_ppl:.2f}.",
+             "", "| windows | window tokens over layers | state bytes | ppl | ratio to teacher |",
+             "| --- | --- | --- | --- | --- |"]
+    for spec in specs:
+        student = load_student(teacher, window=spec)
+        state = student.new_state()
+        windows = state.spec.layer_windows or (state.spec.window,) * state.spec.num_layers
+        ppl = math.exp(mean_loss(student, ids))
+        lines.append(f"| {spec} | {sum(windows):,} | {state.nbytes:,} | {ppl:.2f} | {ppl / teacher_ppl:.3f} |")
+        print(lines[-1], flush=True)
+    write_section("Window settings", lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    sense = commands.add_parser("sensitivity", help="Change one layer's window at a time.")
+    sense.add_argument("--base", type=int, default=128)
+    sense.add_argument("--wide", type=int, default=1024)
+    sense.add_argument("--narrow", type=int, default=32)
+    settings = commands.add_parser("compare", help="Read whole window settings.")
+    settings.add_argument("specs", nargs="+", help="Window settings, e.g. 128 or 64,17:512,20:512.")
+    args = parser.parse_args()
+    teacher = load_model("teacher")
+    ids = selection_ids(teacher)
+    if args.command == "sensitivity":
+        sensitivity(teacher, ids, args.base, args.wide, args.narrow)
+    else:
+        compare(teacher, ids, args.specs)
+
+
+if __name__ == "__main__":
+    main()
