@@ -33,13 +33,17 @@ EDGES = [0, 64, 256, 1024, WINDOW - 1]
 RESULTS = Path(__file__).resolve().parent / "results" / "heldout.md"
 
 
-def heldout_ids(teacher: LanguageModel) -> torch.Tensor:
-    missing = [c for c in CHAPTERS if not (MANUAL / c).is_file()]
+def vim_manual(chapters: tuple[str, ...]) -> str:
+    """The text of these chapters of Vim's user manual, or a clear exit if it is not installed."""
+    missing = [c for c in chapters if not (MANUAL / c).is_file()]
     if missing:
         raise SystemExit(f"Vim's user manual is not installed ({MANUAL / missing[0]}); "
                          "install it (Debian: apt install vim-runtime).")
-    text = "".join((MANUAL / c).read_text(encoding="utf-8", errors="replace") for c in CHAPTERS)
-    return torch.tensor(teacher.tokenizer.encode(text)[:TOKENS])
+    return "".join((MANUAL / c).read_text(encoding="utf-8", errors="replace") for c in chapters)
+
+
+def heldout_ids(teacher: LanguageModel) -> torch.Tensor:
+    return torch.tensor(teacher.tokenizer.encode(vim_manual(CHAPTERS))[:TOKENS])
 
 
 def by_position(model: LanguageModel, ids: torch.Tensor) -> tuple[float, list[float]]:

@@ -34,8 +34,8 @@ from tqdm import tqdm
 from backbone.generate import LanguageModel
 from backbone.loader import load_model
 from backbone.student import load_student
+from bench.heldout import vim_manual
 
-MANUAL = Path("/usr/share/vim/vim90/doc")
 CHAPTERS = tuple(f"usr_{n}.txt" for n in range(20, 30))
 TOPICS = 60  # pydoc topics, in the module's order
 SEQUENCE, PER_SOURCE = 2048, 4096
@@ -44,11 +44,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "layer_windows.md"
 
 def selection_ids(teacher: LanguageModel) -> torch.Tensor:
     """(4, 2048) token ids: two sequences of Vim manual, two of pydoc topics."""
-    missing = [c for c in CHAPTERS if not (MANUAL / c).is_file()]
-    if missing:
-        raise SystemExit(f"Vim's user manual is not installed ({MANUAL / missing[0]}); "
-                         "install it (Debian: apt install vim-runtime).")
-    manual = "".join((MANUAL / c).read_text(encoding="utf-8", errors="replace") for c in CHAPTERS)
+    manual = vim_manual(CHAPTERS)
     topics = "\n\n".join(list(pydoc_data.topics.topics.values())[:TOPICS])
     ids = [teacher.tokenizer.encode(text)[:PER_SOURCE] for text in (manual, topics)]
     return torch.tensor(ids[0] + ids[1]).view(-1, SEQUENCE)
