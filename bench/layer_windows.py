@@ -10,8 +10,8 @@ chapters 20–29 and Python's pydoc reference topics, 2 × 2,048 tokens of each.
     python -m bench.layer_windows compare SPEC [SPEC ...]     e.g. 128 64,17:512,20:512
 
 `sensitivity` changes one layer's window at a time (to --wide, then to --narrow) and reports the change in
-mean loss; `compare` reads whole window settings and reports perplexity, state bytes and the ratio to the
-teacher. Each writes its own section of bench/results/layer_windows.md.
+mean loss; `compare` reads whole window settings and reports perplexity (overall and per source), state bytes
+and the ratio to the teacher. Each writes its own section of bench/results/layer_windows.md.
 """
 
 from __future__ import annotations
@@ -52,9 +52,13 @@ def selection_ids(teacher: LanguageModel) -> torch.Tensor:
 
 def mean_loss(model: LanguageModel, ids: torch.Tensor) -> float:
     """Mean next-token loss over the sequences, each read in one full-sequence forward from position 0."""
+    return float(sequence_losses(model, ids).mean())
+
+
+def sequence_losses(model: LanguageModel, ids: torch.Tensor) -> torch.Tensor:
+    """Each sequence's mean next-token loss."""
     with torch.inference_mode():
-        losses = [F.cross_entropy(model.model(row[None])[0, :-1], row[1:]) for row in ids]
-    return float(torch.stack(losses).mean())
+        return torch.stack([F.cross_entropy(model.model(row[None])[0, :-1], row[1:]) for row in ids])
 
 
 def write_section(name: str, lines: list[str]) -> None:
@@ -86,14 +90,16 @@ def sensitivity(teacher: LanguageModel, ids: torch.Tensor, base: int, wide: int,
 def compare(teacher: LanguageModel, ids: torch.Tensor, specs: list[str]) -> None:
     teacher_ppl = math.exp(mean_loss(teacher, ids))
     lines = [f"Command: `python -m bench.layer_windows compare {' '.join(specs)}`. Teacher ppl {teacher_ppl:.2f}.",
-             "", "| windows | window tokens over layers | state bytes | ppl | ratio to teacher |",
-             "| --- | --- | --- | --- | --- |"]
+             "", "| windows | window tokens over layers | state bytes | ppl | ratio to teacher | Vim manual | pydoc |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for spec in specs:
         student = load_student(teacher, window=spec)
         state = student.new_state()
         windows = state.spec.layer_windows or (state.spec.window,) * state.spec.num_layers
-        ppl = math.exp(mean_loss(student, ids))
-        lines.append(f"| {spec} | {sum(windows):,} | {state.nbytes:,} | {ppl:.2f} | {ppl / teacher_ppl:.3f} |")
+        losses = sequence_losses(student, ids)
+        ppl, halves = math.exp(float(losses.mean())), [math.exp(float(h.mean())) for h in losses.chunk(2)]
+        lines.append(f"| {spec} | {sum(windows):,} | {state.nbytes:,} | {ppl:.2f} | {ppl / teacher_ppl:.3f} | "
+                     f"{halves[0]:.2f} | {halves[1]:.2f} |")
         print(lines[-1], flush=True)
     write_section("Window settings", lines)
 
