@@ -63,6 +63,8 @@ class StudentConfig:
     decay_horizon: float | None = 1024.0
 
     def __post_init__(self) -> None:
+        # JSON (the file's metadata, a checkpoint's record) gives lists; equal configs must compare equal.
+        object.__setattr__(self, "window_overrides", tuple(tuple(pair) for pair in self.window_overrides))
         windows = [self.window, *(w for _, w in self.window_overrides)]
         layers = [layer for layer, _ in self.window_overrides]
         if min(windows) < 1 or min(layers, default=0) < 0 or len(set(layers)) < len(layers):
@@ -108,9 +110,7 @@ class StudentConfig:
 
     @classmethod
     def from_json(cls, text: str) -> StudentConfig:
-        values = json.loads(text)
-        values["window_overrides"] = tuple(tuple(pair) for pair in values.get("window_overrides", ()))
-        return cls(**values)
+        return cls(**json.loads(text))
 
 
 class StudentAttention(nn.Module):

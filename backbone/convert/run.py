@@ -66,8 +66,8 @@ def student_config(stage: str, feature_dim: int | None = None, window: int = Stu
 def trained_config(folder: Path, stage: str) -> StudentConfig:
     """The student a checkpoint was trained as: its recorded feature size (None: 2 × head_dim) and windows."""
     recorded = read_progress(folder).config.get("student", {})
-    overrides = tuple(tuple(pair) for pair in recorded.get("window_overrides", ()))
-    return student_config(stage, recorded.get("feature_dim"), recorded.get("window", UNRECORDED_WINDOW), overrides)
+    return student_config(stage, recorded.get("feature_dim"), recorded.get("window", UNRECORDED_WINDOW),
+                          recorded.get("window_overrides", ()))
 
 
 def newest_stage(out: Path) -> str:
