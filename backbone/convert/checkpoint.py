@@ -55,7 +55,8 @@ def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
     folder = _intact(folder)
     params = load_file(folder / "params.safetensors")
     opt_path = folder / "optimizer.pt"
-    opt = torch.load(opt_path, weights_only=True) if opt_path.exists() else None
+    # the moments come to the CPU whatever device wrote them; the optimizer moves them to its parameters'
+    opt = torch.load(opt_path, map_location="cpu", weights_only=True) if opt_path.exists() else None
     return params, opt, read_progress(folder)
 
 

@@ -103,11 +103,17 @@ def run_stage(teacher: LanguageModel, recipe: StageConfig, out: Path, shared_dat
     sampler = BatchSampler(corpus, teacher.tokenizer.encode, recipe.seq_len, recipe.batch_size, recipe.seed)
     schedule = Schedule(lr=recipe.lr, total_steps=recipe.steps)
     recorded = {**asdict(recipe), "student": json.loads(config.to_json()), "corpus_tokens": corpus.sizes(),
-                "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()}
+                "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+                "device": _device_name(next(teacher.model.parameters()).device)}
     progress = train(recipe.stage, params, loss_fn, sampler, schedule, folder, max_seconds=max_seconds,
                      checkpoint_seconds=checkpoint_seconds, config=recorded,
                      lr_scale=lambda name: recipe.feature_lr_scale if ".feature_map_" in name else 1.0)
     return asdict(progress)
+
+
+def _device_name(device: torch.device) -> str:
+    """'cpu', or the GPU's name: a checkpoint's history then shows where each stretch of training ran."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
 def widen(teacher: Transformer, out: Path, feature_dim: int, noise: float = 0.5, seed: int = 0) -> dict:
