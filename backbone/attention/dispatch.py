@@ -1,8 +1,12 @@
 """One place that chooses how linear attention is computed: Triton kernels or PyTorch.
 
-`auto` takes Triton on CUDA when no gradient is needed (the kernels are forward-only) and the PyTorch
-chunked path otherwise (CPU prefill and all training). Either can be forced with `backend=` or the
-RILLET_ATTENTION_BACKEND environment variable; Triton on CPU needs TRITON_INTERPRET=1 (tests only).
+`auto` takes Triton on CUDA for decoding steps and for single-sequence prefill, PyTorch's chunked path
+for batched prefill and everything on CPU, as measured on an H100 (bench/results/kernels_gpu.md): the
+fused step is 1.8-2.4x faster than PyTorch's, the chunked kernel 2.2-3.4x faster at batch 1 (one
+conversation) but 0.5x at batch 8 and 4k+ tokens, where PyTorch's batched products keep the GPU busier.
+Training always takes PyTorch (the kernels are forward-only).
+Either can be forced with `backend=` or the RILLET_ATTENTION_BACKEND environment variable; Triton on CPU
+needs TRITON_INTERPRET=1 (tests only).
 """
 
 from __future__ import annotations
@@ -22,14 +26,14 @@ from backbone.attention.linear import (
 BACKENDS = ("auto", "torch", "triton")
 
 
-def resolve_backend(backend: str, like: torch.Tensor, needs_grad: bool) -> str:
-    """'torch' or 'triton' for a computation on `like`'s device."""
+def resolve_backend(backend: str, like: torch.Tensor, needs_grad: bool, *, step: bool = False) -> str:
+    """'torch' or 'triton' for a computation on `like` (batch first) and its device; `step`: one decoding step."""
     if backend == "auto":
         backend = os.environ.get("RILLET_ATTENTION_BACKEND", "auto")
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
-        return "triton" if like.is_cuda and not needs_grad else "torch"
+        return "triton" if like.is_cuda and not needs_grad and (step or like.shape[0] == 1) else "torch"
     if backend == "triton" and needs_grad:
         raise ValueError("the Triton kernels are forward-only; use backend='torch' where gradients are needed")
     return backend
@@ -87,7 +91,7 @@ def linear_decode_step(
     backend: str = "auto",
 ) -> tuple[torch.Tensor, LinearState]:
     """One decoding step; the Triton path updates the state in place, the PyTorch path returns a new one."""
-    if resolve_backend(backend, q, _needs_grad(q, k, v, *state)) == "triton":
+    if resolve_backend(backend, q, _needs_grad(q, k, v, *state), step=True) == "triton":
         from backbone.kernels.linear_attention import linear_attention_step_triton
 
         return linear_attention_step_triton(q, k, v, state, decay=decay, normalize=normalize)
