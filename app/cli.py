@@ -133,8 +133,9 @@ def convert(
     feature_lr_scale: float | None = typer.Option(None, min=0.0, help="The feature maps' learning rate as a "
                                                   "multiple of the schedule's (default 1)."),
     window: str | None = typer.Option(None, help="Softmax window in tokens, e.g. 128, or a window with layers "
-                                      "of their own, e.g. 64,17:512,20:1024 (default: the checkpoint's; 128 for a "
-                                      "new run); a resumed run switches to it from its next step."),
+                                      "of their own, e.g. 64,17:512,20:1024, or with one per key/value head, e.g. "
+                                      "64,20:1024/128/512 (default: the checkpoint's; 128 for a new run); a resumed "
+                                      "run switches to it from its next step."),
     feature_dim: int | None = typer.Option(None, min=2, help="widen: the new number of linear-attention features "
                                            "(a whole multiple of the present one, e.g. 256 from 128)."),
 ) -> None:

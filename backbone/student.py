@@ -2,8 +2,9 @@
 
 Each layer keeps the teacher's q/k/v/o projections (frozen, optionally with LoRA) and RoPE, and feeds
 the post-RoPE queries and keys to `HybridAttention` (exact softmax over 4 sinks and a sliding window,
-Hedgehog linear attention for everything between). The window may differ by layer: a few layers recall from
-far back and pay for long windows, most do not (bench/layer_windows.py measures which). Its state is a
+Hedgehog linear attention for everything between). The window may differ by layer, and within a layer by
+key/value head: a few heads recall from far back and pay for long windows, most do not
+(bench/layer_windows.py measures which). Its state is a
 constant-size `RecurrentState`, so the student has no context limit.
 
 Two settings without parameters keep quality level far past the training length (bench/student.py,
@@ -30,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from backbone.attention import HybridAttention, RecurrentState, StateSpec
+from backbone.attention.state import LayerWindow, as_heads, window_text
 from backbone.generate import LanguageModel
 from backbone.loader import build_transformer
 from backbone.lora import LoRALinear, wrap_linears
@@ -52,7 +54,8 @@ class StudentConfig:
 
     sinks: int = 4
     window: int = 128  # chosen on held-out prose (bench/heldout --windows): 64 read 16% higher ppl
-    window_overrides: tuple[tuple[int, int], ...] = ()  # (layer, window) pairs: layers with windows of their own
+    # (layer, window) pairs: layers with windows of their own, a window or one per key/value head
+    window_overrides: tuple[tuple[int, LayerWindow], ...] = ()
     feature_map: str = "hedgehog"
     feature_dim: int | None = None
     key_map_per_query_head: bool = False
@@ -64,15 +67,16 @@ class StudentConfig:
 
     def __post_init__(self) -> None:
         # JSON (the file's metadata, a checkpoint's record) gives lists; equal configs must compare equal.
-        object.__setattr__(self, "window_overrides", tuple(tuple(pair) for pair in self.window_overrides))
-        windows = [self.window, *(w for _, w in self.window_overrides)]
+        object.__setattr__(self, "window_overrides", tuple((layer, w if isinstance(w, int) else tuple(w))
+                                                           for layer, w in self.window_overrides))
+        windows = [self.window, *(h for _, w in self.window_overrides for h in as_heads(w))]
         layers = [layer for layer, _ in self.window_overrides]
         if min(windows) < 1 or min(layers, default=0) < 0 or len(set(layers)) < len(layers):
             raise WindowError(f"windows must be at least 1 token, for distinct layers ≥ 0; got window {self.window}, "
                              f"overrides {self.window_overrides}")
 
-    def layer_windows(self, num_layers: int) -> list[int]:
-        """The softmax window of each of `num_layers` layers."""
+    def layer_windows(self, num_layers: int) -> list[LayerWindow]:
+        """The softmax window of each of `num_layers` layers (a tuple where its heads have their own)."""
         windows = [self.window] * num_layers
         for layer, window in self.window_overrides:
             if layer >= num_layers:
@@ -82,27 +86,39 @@ class StudentConfig:
         return windows
 
     def with_window(self, spec: str) -> StudentConfig:
-        """This configuration with the windows of `spec`: "128" (every layer), or "64,17:512,20:1024" (64,
-        and layers 17 and 20 with their own)."""
+        """This configuration with the windows of `spec`: "128" (every layer), or "64,17:512,20:1024/128/512"
+        (64, layer 17 with its own, and layer 20 with one per key/value head)."""
         default, overrides = None, []
         for item in spec.replace(" ", "").split(","):
             layer, _, window = item.rpartition(":")
-            if not window.isdigit() or (layer and not layer.isdigit()) or (not layer and default is not None):
-                raise WindowError(f"window spec {spec!r}: expected one window, then layer:window pairs, "
-                                 "e.g. 64,17:512,20:1024")
+            heads = window.split("/")
+            if (not all(h.isdigit() for h in heads) or (layer and not layer.isdigit())
+                    or (not layer and (default is not None or len(heads) > 1))):
+                raise WindowError(f"window spec {spec!r}: expected one window, then layer:window pairs with one "
+                                  "window or one per key/value head, e.g. 64,17:512,20:1024/128/512")
             if layer:
-                overrides.append((int(layer), int(window)))
+                overrides.append((int(layer), int(window) if len(heads) == 1 else tuple(map(int, heads))))
             else:
                 default = int(window)
         return dataclasses.replace(self, window=self.window if default is None else default,
-                                   window_overrides=tuple(sorted(overrides)))
+                                   window_overrides=tuple(sorted(overrides, key=lambda pair: pair[0])))
+
+    def window_spec(self) -> str:
+        """The windows in the form `with_window` reads, e.g. "64,17:512,20:1024/128/512"."""
+        return ",".join([str(self.window), *(f"{layer}:{window_text(w)}" for layer, w in self.window_overrides)])
+
+    def with_layer_window(self, layer: int, window: LayerWindow) -> StudentConfig:
+        """This configuration with layer `layer` at `window` (one, or one per key/value head)."""
+        overrides = dict(self.window_overrides) | {layer: window}
+        return dataclasses.replace(self, window_overrides=tuple(sorted(overrides.items())))
 
     def describe_window(self) -> str:
-        """E.g. "128", or "64, layers 17, 18: 512"."""
-        by_window: dict[int, list[int]] = {}
+        """E.g. "128", or "64, layers 17, 18: 512, layers 20: 1024/128/512"."""
+        by_window: dict[LayerWindow, list[int]] = {}
         for layer, window in self.window_overrides:
             by_window.setdefault(window, []).append(layer)
-        parts = [f"layers {', '.join(map(str, layers))}: {w}" for w, layers in sorted(by_window.items())]
+        parts = [f"layers {', '.join(map(str, layers))}: {window_text(w)}"
+                 for w, layers in sorted(by_window.items(), key=lambda item: as_heads(item[0]))]
         return ", ".join([str(self.window), *parts])
 
     def to_json(self) -> str:
@@ -174,9 +190,12 @@ def trainable_parameters(student: nn.Module) -> dict[str, nn.Parameter]:
 
 
 def state_spec(student: Transformer) -> StateSpec:
-    windows = tuple(layer.attention.hybrid.spec.window for layer in student.layers)
-    spec = dataclasses.replace(student.layers[0].attention.hybrid.spec, num_layers=len(windows), window=max(windows))
-    return spec if len(set(windows)) == 1 else dataclasses.replace(spec, layer_windows=windows)
+    specs = [layer.attention.hybrid.spec for layer in student.layers]
+    windows = tuple(spec.head_windows or spec.window for spec in specs)
+    spec = dataclasses.replace(specs[0], num_layers=len(specs), window=max(spec.window for spec in specs),
+                               head_windows=())
+    return spec if len(set(windows)) == 1 and isinstance(windows[0], int) else dataclasses.replace(
+        spec, layer_windows=windows)
 
 
 def save_student(path: Path, student: Transformer, config: StudentConfig, teacher_fingerprint: str,

@@ -7,11 +7,14 @@ is neither training text, nor the held-out chapters of bench/heldout, nor WikiTe
 chapters 20–29 and Python's pydoc reference topics, 2 × 2,048 tokens of each.
 
     python -m bench.layer_windows sensitivity [--base 128 --wide 1024 --narrow 32]
-    python -m bench.layer_windows compare SPEC [SPEC ...]     e.g. 128 64,17:512,20:512
+    python -m bench.layer_windows heads --layers 17,20 --windows 128,1024 [--base SPEC]
+    python -m bench.layer_windows compare SPEC [SPEC ...]     e.g. 128 64,17:512,20:512 64,20:1024/128/512
 
 `sensitivity` changes one layer's window at a time (to --wide, then to --narrow) and reports the change in
-mean loss; `compare` reads whole window settings and reports perplexity (overall and per source), state bytes
-and the ratio to the teacher. Each writes its own section of bench/results/layer_windows.md.
+mean loss; `heads` does the same for one key/value head at a time, from the shipped windows (or --base), since
+within a layer often one head does the far recall; `compare` reads whole window settings and reports
+perplexity (overall and per source), state bytes and the ratio to the teacher. Each writes its own section
+of bench/results/layer_windows.md.
 """
 
 from __future__ import annotations
@@ -31,9 +34,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from backbone.attention.state import as_heads
 from backbone.generate import LanguageModel
 from backbone.loader import load_model
-from backbone.student import load_student
+from backbone.student import DEFAULT_STUDENT, StudentConfig, load_student, read_student_file
 from bench.heldout import vim_manual
 
 CHAPTERS = tuple(f"usr_{n}.txt" for n in range(20, 30))
@@ -87,6 +91,32 @@ def sensitivity(teacher: LanguageModel, ids: torch.Tensor, base: int, wide: int,
     write_section("Sensitivity", lines)
 
 
+def head_sensitivity(teacher: LanguageModel, ids: torch.Tensor, base: str | None, layers: list[int],
+                     windows: list[int]) -> None:
+    config: StudentConfig = read_student_file(DEFAULT_STUDENT)[0]
+    config = config if base is None else config.with_window(base)
+    base_loss = mean_loss(load_student(teacher, window=config.window_spec()), ids)
+    kv_heads = teacher.config.num_kv_heads
+    lines = [f"Command: `python -m bench.layer_windows heads --layers {','.join(map(str, layers))} --windows "
+             f"{','.join(map(str, windows))}{'' if base is None else f' --base {base}'}`. From windows "
+             f"{config.window_spec()} (ppl {math.exp(base_loss):.2f}), one key/value head's window changed. "
+             "Δ: change in mean loss (nats); negative is better.", "",
+             f"| layer | head | window | {' | '.join(f'Δ at {w}' for w in windows)} |",
+             f"| --- | --- | --- | {' | '.join('---' for _ in windows)} |"]
+    all_windows = config.layer_windows(teacher.config.num_layers)
+    for layer in layers:
+        current = as_heads(all_windows[layer]) * (kv_heads if isinstance(all_windows[layer], int) else 1)
+        for head in tqdm(range(kv_heads), desc=f"layer {layer}"):
+            deltas = []
+            for window in windows:
+                changed = tuple(window if h == head else w for h, w in enumerate(current))
+                spec = config.with_layer_window(layer, changed).window_spec()
+                deltas.append(mean_loss(load_student(teacher, window=spec), ids) - base_loss)
+            lines.append(f"| {layer} | {head} | {current[head]} | {' | '.join(f'{d:+.4f}' for d in deltas)} |")
+            print(lines[-1], flush=True)
+    write_section(f"Per-head sensitivity, layers {','.join(map(str, layers))}", lines)
+
+
 def compare(teacher: LanguageModel, ids: torch.Tensor, specs: list[str]) -> None:
     teacher_ppl = math.exp(mean_loss(teacher, ids))
     lines = [f"Command: `python -m bench.layer_windows compare {' '.join(specs)}`. Teacher ppl {teacher_ppl:.2f}.",
@@ -96,9 +126,10 @@ def compare(teacher: LanguageModel, ids: torch.Tensor, specs: list[str]) -> None
         student = load_student(teacher, window=spec)
         state = student.new_state()
         windows = state.spec.layer_windows or (state.spec.window,) * state.spec.num_layers
+        mean_windows = sum(sum(as_heads(w)) / len(as_heads(w)) for w in windows)  # per-head ones averaged
         losses = sequence_losses(student, ids)
         ppl, halves = math.exp(float(losses.mean())), [math.exp(float(h.mean())) for h in losses.chunk(2)]
-        lines.append(f"| {spec} | {sum(windows):,} | {state.nbytes:,} | {ppl:.2f} | {ppl / teacher_ppl:.3f} | "
+        lines.append(f"| {spec} | {mean_windows:,.0f} | {state.nbytes:,} | {ppl:.2f} | {ppl / teacher_ppl:.3f} | "
                      f"{halves[0]:.2f} | {halves[1]:.2f} |")
         print(lines[-1], flush=True)
     write_section("Window settings", lines)
@@ -111,6 +142,10 @@ def main() -> None:
     sense.add_argument("--base", type=int, default=128)
     sense.add_argument("--wide", type=int, default=1024)
     sense.add_argument("--narrow", type=int, default=32)
+    heads = commands.add_parser("heads", help="Change one key/value head's window at a time.")
+    heads.add_argument("--layers", required=True, help="Layers to probe, e.g. 17,20.")
+    heads.add_argument("--windows", required=True, help="Windows to try for each head, e.g. 128,1024.")
+    heads.add_argument("--base", help="Window setting to start from (default: the shipped student's).")
     settings = commands.add_parser("compare", help="Read whole window settings.")
     settings.add_argument("specs", nargs="+", help="Window settings, e.g. 128 or 64,17:512,20:512.")
     args = parser.parse_args()
@@ -118,6 +153,9 @@ def main() -> None:
     ids = selection_ids(teacher)
     if args.command == "sensitivity":
         sensitivity(teacher, ids, args.base, args.wide, args.narrow)
+    elif args.command == "heads":
+        head_sensitivity(teacher, ids, args.base, [int(x) for x in args.layers.split(",")],
+                         [int(x) for x in args.windows.split(",")])
     else:
         compare(teacher, ids, args.specs)
 

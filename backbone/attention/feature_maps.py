@@ -21,6 +21,10 @@ class FeatureMap(nn.Module):
         super().__init__()
         self.head_dim = head_dim
 
+    def heads(self, first: int, stop: int) -> FeatureMap:
+        """The map of heads first..stop-1 alone; a map without per-head parameters serves any heads as is."""
+        return self
+
     def check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[-1] != self.head_dim:
             raise ValueError(
@@ -114,14 +118,35 @@ class Hedgehog(FeatureMap):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        if x.shape[1] != self.num_heads:
-            raise ValueError(f"Hedgehog map has {self.num_heads} heads; input has {x.shape[1]}")
-        weight, bias = self.weight, self.bias
-        if weight.dtype != x.dtype:
-            weight, bias = weight.to(x.dtype), bias.to(x.dtype)
-        # One sequence (decoding): a single batched matmul with the bias add fused in.
-        z = torch.baddbmm(bias, x[0], weight).unsqueeze(0) if x.shape[0] == 1 else torch.matmul(x, weight) + bias
-        return torch.stack((z, -z), dim=-2).softmax(-1).flatten(-2)
+        return hedgehog_features(x, self.weight, self.bias)
+
+    def heads(self, first: int, stop: int) -> FeatureMap:
+        return HedgehogHeads(self, first, stop)
+
+
+class HedgehogHeads(FeatureMap):
+    """Heads first..stop-1 of a `Hedgehog` map, for attention that treats groups of heads apart (per-head
+    windows). It holds views of the map's parameters, so training through it updates them."""
+
+    def __init__(self, parent: Hedgehog, first: int, stop: int) -> None:
+        super().__init__(parent.head_dim)
+        self.feature_dim = parent.feature_dim
+        self.weight, self.bias = parent.weight[first:stop], parent.bias[first:stop]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return hedgehog_features(x, self.weight, self.bias)
+
+
+def hedgehog_features(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """[softmax(xW + b), softmax(−(xW + b))] for x (B, H, T, D), weight (H, D, half), bias (H, 1, half)."""
+    if x.shape[1] != weight.shape[0]:
+        raise ValueError(f"Hedgehog map has {weight.shape[0]} heads; input has {x.shape[1]}")
+    if weight.dtype != x.dtype:
+        weight, bias = weight.to(x.dtype), bias.to(x.dtype)
+    # One sequence (decoding): a single batched matmul with the bias add fused in.
+    z = torch.baddbmm(bias, x[0], weight).unsqueeze(0) if x.shape[0] == 1 else torch.matmul(x, weight) + bias
+    return torch.stack((z, -z), dim=-2).softmax(-1).flatten(-2)
 
 
 FEATURE_MAPS = ("identity", "elu", "favor", "hedgehog")

@@ -18,6 +18,9 @@ Forms (all agree; tests compare them with `naive_hybrid_attention` in float64):
   shifted by `window` (key j enters the linear sum at step j + window). Nothing of size T × T is built.
 - step: one token; the key leaving the window is folded into the linear sums, the new one written to
   the ring buffer. The state (see state.py) never grows.
+Key/value heads may have windows of their own (`StateSpec.head_windows`). Heads never mix, so each run of
+neighbouring heads sharing a window is computed as a hybrid attention of its own over its slice of the
+inputs, parameters and state.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from torch import nn
 from backbone.attention.dispatch import linear_core
 from backbone.attention.feature_maps import FeatureMap, make_feature_map
 from backbone.attention.linear import CHUNK_SIZE, check_qkv
-from backbone.attention.state import LayerState, StateSpec
+from backbone.attention.state import LayerState, StateSpec, group_prefix
 
 PREFILL_SEGMENT = 4096  # tokens per piece when a long prompt continues a state
 
@@ -96,6 +99,10 @@ def hybrid_attention(
         )
     if state is not None:
         state.check(spec, q.shape[0], q.dtype)
+    if spec.head_windows:
+        return _by_head_groups(q, k, v, sink_q, feature_map_q, feature_map_k, log_weight, log_decay, spec, state,
+                               chunk_size, backend)
+    if state is not None:
         if q.shape[2] == 1:
             with _one_thread_on_cpu(q.device):
                 return _step(q, k, v, sink_q, feature_map_q, feature_map_k, log_weight, log_decay, spec, state)
@@ -112,6 +119,31 @@ def hybrid_attention(
             )
     return _sequence(q, k, v, sink_q, feature_map_q, feature_map_k, log_weight, log_decay, spec, state, chunk_size,
                      backend)
+
+
+def _by_head_groups(q, k, v, sink_q, feature_map_q, feature_map_k, log_weight, log_decay, spec, state, chunk_size,
+                    backend):
+    queries_per_head, states_per_head = q.shape[1] // spec.kv_heads, spec.state_heads // spec.kv_heads
+    outputs, start = [], None if state is None else state.num_tokens
+    for first, stop, _ in spec.head_groups():
+        queries = slice(first * queries_per_head, stop * queries_per_head)
+        states = slice(first * states_per_head, stop * states_per_head)
+        prefix, group_state = group_prefix(first, stop), None
+        if state is not None:
+            group_state = LayerState({name.removeprefix(prefix): t for name, t in state.tensors.items()
+                                      if name.startswith(prefix)}, start)
+        outputs.append(hybrid_attention(
+            q[:, queries], k[:, first:stop], v[:, first:stop],
+            feature_map_q=feature_map_q.heads(queries.start, queries.stop),
+            feature_map_k=feature_map_k.heads(states.start, states.stop),
+            log_weight=log_weight[queries], spec=spec.heads(first, stop), state=group_state,
+            log_decay=None if log_decay is None else log_decay[states],
+            sink_q=None if sink_q is None else sink_q[:, queries], chunk_size=chunk_size, backend=backend,
+        ))
+        if group_state is not None:
+            state.tensors.update({prefix + name: t for name, t in group_state.tensors.items()})
+            state.num_tokens = group_state.num_tokens
+    return torch.cat(outputs, dim=1)
 
 
 def _expand_to_state_heads(x: torch.Tensor, spec: StateSpec) -> torch.Tensor:
@@ -287,7 +319,7 @@ def naive_hybrid_attention(
     key_features: torch.Tensor,
     log_weight: torch.Tensor,
     sinks: int,
-    window: int,
+    window: int | tuple[int, ...],
     *,
     decay: torch.Tensor | None = None,
     sink_q: torch.Tensor | None = None,
@@ -295,13 +327,16 @@ def naive_hybrid_attention(
     """Reference: the (T × T) masked definition in float64, from position 0; returns float64.
 
     `key_features` has kv heads or query heads; it is expanded to query heads like k and v, and so is
-    `decay` (γ, one per key-feature head). `sink_q` scores keys j < sinks in place of q.
+    `decay` (γ, one per key-feature head). `window` is one for all heads or one per kv head. `sink_q` scores
+    keys j < sinks in place of q.
     """
     q, k, v = q.double(), k.double(), v.double()
     query_features, key_features = query_features.double(), key_features.double()
-    q_heads, length = q.shape[1], q.shape[2]
-    k, v = k.repeat_interleave(q_heads // k.shape[1], 1), v.repeat_interleave(q_heads // v.shape[1], 1)
+    q_heads, kv_heads, length = q.shape[1], k.shape[1], q.shape[2]
+    k, v = k.repeat_interleave(q_heads // kv_heads, 1), v.repeat_interleave(q_heads // kv_heads, 1)
     key_features = key_features.repeat_interleave(q_heads // key_features.shape[1], 1)
+    windows = torch.tensor([window] * kv_heads if isinstance(window, int) else window)
+    window = windows.repeat_interleave(q_heads // kv_heads)[:, None, None]  # (Hq, 1, 1)
     position = torch.arange(length)
     t, j = position[:, None], position[None, :]
     exact_set = (j <= t) & ((j < sinks) | (j > t - window))
@@ -327,7 +362,7 @@ class HybridAttention(nn.Module):
     the 30 layers of SmolLM2's shape, beside 45 KiB per exact (sink or window) token;
     `key_map_per_query_head` gives every query head its own key map at three times the linear-state size.
     `decay_horizon` H sets γ = 1 − 1/H on every state head (None: no decay), so the linear part weighs
-    about the last H keys past the window.
+    about the last H keys past the window. `window` is one for every head, or one per key/value head.
     """
 
     def __init__(
@@ -337,7 +372,7 @@ class HybridAttention(nn.Module):
         head_dim: int,
         *,
         sinks: int = 4,
-        window: int = 64,
+        window: int | tuple[int, ...] = 64,
         feature_map: str = "hedgehog",
         feature_dim: int | None = None,
         key_map_per_query_head: bool = False,
@@ -352,6 +387,9 @@ class HybridAttention(nn.Module):
         if num_heads % num_kv_heads:
             raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
         state_heads = num_heads if key_map_per_query_head else num_kv_heads
+        if not isinstance(window, int) and len(window) != num_kv_heads:
+            raise ValueError(f"per-head windows need one window per key/value head ({num_kv_heads}); got {window}")
+        head_windows = () if isinstance(window, int) or len(set(window)) == 1 else tuple(window)
         self.feature_map_q = make_feature_map(feature_map, head_dim, num_heads, feature_dim)
         self.feature_map_k = make_feature_map(feature_map, head_dim, state_heads, feature_dim)
         self.log_weight = nn.Parameter(torch.full((num_heads,), float(mix_init)))
@@ -367,7 +405,8 @@ class HybridAttention(nn.Module):
             head_dim=head_dim,
             feature_dim=self.feature_map_q.feature_dim,
             sinks=sinks,
-            window=window,
+            window=window if isinstance(window, int) else max(window),
+            head_windows=head_windows,
         )
 
     def new_state(self, batch: int = 1, device=None, dtype=torch.float32) -> LayerState:

@@ -3,8 +3,11 @@
 Per layer it holds the linear-attention sums (kv, k_sum) and, for hybrid attention, the exactly attended
 keys/values `exact_k`, `exact_v`: `sinks` slots for the first tokens (kept forever), then a ring buffer of
 the last `window` tokens (position p ≥ 0 sits in ring slot p mod window). Layers may have windows of their
-own (`layer_windows`): a few layers that recall from far back get long windows, the rest short ones. Its
-size does not depend on how many tokens it has read. It implements `backbone.state.ModelState`, so memory/
+own (`layer_windows`): a few layers that recall from far back get long windows, the rest short ones; and
+within a layer each key/value head may have its own (`head_windows`), since often one head of a layer does
+the far recall and its neighbours do not. Such a layer keeps one group of tensors per run of neighbouring
+heads with equal windows, named `heads{first}-{last}.{name}`. Its size does not depend on how many tokens
+it has read. It implements `backbone.state.ModelState`, so memory/
 can persist it as named tensors plus metadata, and it round-trips exactly through safetensors bytes.
 """
 
@@ -20,6 +23,8 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 LAYER_KINDS = ("hybrid", "linear")
+LayerWindow = int | tuple[int, ...]  # a layer's window, or one per key/value head
+WINDOW_LISTS = ("layer_windows", "head_windows")
 
 
 @dataclass(frozen=True)
@@ -33,28 +38,66 @@ class StateSpec:
     head_dim: int
     feature_dim: int
     sinks: int = 0
-    window: int = 0  # the window of every layer, or with `layer_windows` the widest of them
-    layer_windows: tuple[int, ...] = ()  # one window per layer where they differ; () when all are `window`
+    window: int = 0  # the window of every layer and head, or else the widest of them
+    # One entry per layer where they differ, () when all are `window`: a window, or one per key/value head.
+    layer_windows: tuple[LayerWindow, ...] = ()
+    head_windows: tuple[int, ...] = ()  # a one-layer spec whose key/value heads differ: one window per head
 
     def __post_init__(self) -> None:
         if self.layer_kind not in LAYER_KINDS:
             raise ValueError(f"layer_kind must be one of {LAYER_KINDS}, got {self.layer_kind!r}")
-        if self.layer_kind == "hybrid" and min(self.layer_windows, default=self.window) < 1:
+        # Metadata and JSON give lists; equal specs must compare equal.
+        object.__setattr__(self, "layer_windows", tuple(w if isinstance(w, int) else tuple(w)
+                                                        for w in self.layer_windows))
+        object.__setattr__(self, "head_windows", tuple(self.head_windows))
+        if self.layer_windows and self.head_windows:
+            raise ValueError("head_windows describes one layer; a spec of several layers puts them in layer_windows")
+        heads = [w for w in (*self.layer_windows, self.head_windows) if not isinstance(w, int) and w]
+        if any(len(w) != self.kv_heads for w in heads):
+            raise ValueError(f"per-head windows need one window per key/value head ({self.kv_heads}); got {heads}")
+        windows = [w for entry in (*self.layer_windows, self.head_windows) for w in as_heads(entry)]
+        if self.layer_kind == "hybrid" and min(windows, default=self.window) < 1:
             raise ValueError("a hybrid state needs window >= 1 (the current token is always attended exactly)")
-        if self.layer_windows and (len(self.layer_windows) != self.num_layers
-                                   or self.window != max(self.layer_windows)):
-            raise ValueError(f"layer_windows needs one window per layer ({self.num_layers}) and window equal to "
-                             f"the widest; got {self.layer_windows} with window {self.window}")
+        if self.layer_windows and len(self.layer_windows) != self.num_layers:
+            raise ValueError(f"layer_windows needs one window per layer ({self.num_layers}); got {self.layer_windows}")
+        if windows and self.window != max(windows):
+            raise ValueError(f"window must be the widest of the layers' and heads' windows ({max(windows)}); "
+                             f"got {self.window}")
 
     def layer(self, index: int) -> StateSpec:
-        """The spec of layer `index` alone (its own window)."""
+        """The spec of layer `index` alone (its own window, or its heads' own)."""
         window = self.layer_windows[index] if self.layer_windows else self.window
-        return dataclasses.replace(self, num_layers=1, window=window, layer_windows=())
+        if isinstance(window, int):
+            return dataclasses.replace(self, num_layers=1, window=window, layer_windows=())
+        return dataclasses.replace(self, num_layers=1, window=max(window), layer_windows=(), head_windows=window)
+
+    def head_groups(self) -> list[tuple[int, int, int]]:
+        """(first, stop, window) for each run of neighbouring key/value heads sharing a window."""
+        windows = self.head_windows or (self.window,) * self.kv_heads
+        runs = [[0, 1, windows[0]]]
+        for head in range(1, self.kv_heads):
+            if windows[head] == runs[-1][2]:
+                runs[-1][1] = head + 1
+            else:
+                runs.append([head, head + 1, windows[head]])
+        return [tuple(run) for run in runs]
+
+    def heads(self, first: int, stop: int) -> StateSpec:
+        """The one-layer spec of key/value heads first..stop-1, which must share a window."""
+        windows = {w for f, s, w in self.head_groups() if f < stop and s > first}
+        if len(windows) != 1:
+            raise ValueError(f"heads {first}..{stop - 1} do not share one window ({sorted(windows)})")
+        per_head = self.state_heads // self.kv_heads
+        return dataclasses.replace(self, kv_heads=stop - first, state_heads=(stop - first) * per_head,
+                                   window=windows.pop(), head_windows=())
 
     def layer_shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
         """Shapes of one layer's tensors, by name."""
         if self.layer_windows:
             raise ValueError("layers of this spec have windows of their own: take one layer's shapes with layer(i)")
+        if self.head_windows:
+            return {f"{group_prefix(first, stop)}{name}": shape for first, stop, _ in self.head_groups()
+                    for name, shape in self.heads(first, stop).layer_shapes(batch).items()}
         shapes = {
             "kv": (batch, self.state_heads, self.feature_dim, self.head_dim),
             "k_sum": (batch, self.state_heads, self.feature_dim),
@@ -64,22 +107,45 @@ class StateSpec:
         return shapes
 
     def to_metadata(self) -> dict[str, str]:
-        """Strings for safetensors metadata; `layer_windows` only when set, so uniform specs read as before."""
+        """Strings for safetensors metadata. Window lists only when set, so uniform specs read as before;
+        a layer's per-head windows are joined by "/" ("128,512/128/1024,…")."""
         fields = dataclasses.asdict(self)
-        windows = fields.pop("layer_windows")
+        windows = {name: fields.pop(name) for name in WINDOW_LISTS}
         return {**{f"spec.{key}": str(value) for key, value in fields.items()},
-                **({"spec.layer_windows": ",".join(map(str, windows))} if windows else {})}
+                **{f"spec.{name}": ",".join(map(window_text, value)) for name, value in windows.items() if value}}
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, str]) -> StateSpec:
         try:
-            names = [f.name for f in dataclasses.fields(cls) if f.name != "layer_windows"]
+            names = [f.name for f in dataclasses.fields(cls) if f.name not in WINDOW_LISTS]
             values: dict = {k: metadata[f"spec.{k}"] if k == "layer_kind" else int(metadata[f"spec.{k}"])
                             for k in names}
-            windows = metadata.get("spec.layer_windows")
-            return cls(**values, layer_windows=tuple(int(w) for w in windows.split(",")) if windows else ())
+            windows = {name: tuple(_parse_window(w) for w in metadata[f"spec.{name}"].split(","))
+                       for name in WINDOW_LISTS if metadata.get(f"spec.{name}")}
+            return cls(**values, **windows)
         except (KeyError, ValueError) as error:
             raise ValueError(f"state metadata does not describe a recurrent state layout: {error}") from error
+
+
+
+def as_heads(window: LayerWindow) -> tuple[int, ...]:
+    """A layer's window as one per head (a single window as a 1-tuple)."""
+    return (window,) if isinstance(window, int) else window
+
+
+def window_text(window: LayerWindow) -> str:
+    """A layer's window as text: "512", or per key/value head "512/128/1024"."""
+    return "/".join(map(str, as_heads(window)))
+
+
+def _parse_window(text: str) -> LayerWindow:
+    heads = tuple(int(w) for w in text.split("/"))
+    return heads[0] if len(heads) == 1 else heads
+
+
+def group_prefix(first: int, stop: int) -> str:
+    """Name prefix of the state tensors of key/value heads first..stop-1 in a layer with per-head windows."""
+    return f"heads{first}-{stop - 1}."
 
 
 @dataclass
@@ -175,11 +241,12 @@ class RecurrentState:
                 f"state was made for another configuration (stored, expected): {differences}; start a new state"
             )
         num_tokens = int(metadata["num_tokens"])
-        first = tensors.get("layers.0.kv")
-        if first is None:
-            raise ValueError("state tensors lack layers.0.kv")
-        batch, dtype = first.shape[0], first.dtype
         layer_specs = [stored.layer(i) for i in range(stored.num_layers)]
+        first_name = f"layers.0.{next(iter(layer_specs[0].layer_shapes(1)))}"
+        first = tensors.get(first_name)
+        if first is None:
+            raise ValueError(f"state tensors lack {first_name}")
+        batch, dtype = first.shape[0], first.dtype
         expected_names = {f"layers.{i}.{n}" for i, s in enumerate(layer_specs) for n in s.layer_shapes(batch)}
         if set(tensors) != expected_names:
             raise ValueError(

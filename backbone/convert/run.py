@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from backbone.attention.state import LayerWindow
 from backbone.convert.checkpoint import (
     has_checkpoint,
     load_checkpoint,
@@ -58,7 +59,7 @@ UNRECORDED_WINDOW = 64  # checkpoints that record no student configuration were 
 
 
 def student_config(stage: str, feature_dim: int | None = None, window: int = StudentConfig.window,
-                   window_overrides: tuple[tuple[int, int], ...] = ()) -> StudentConfig:
+                   window_overrides: tuple[tuple[int, LayerWindow], ...] = ()) -> StudentConfig:
     return StudentConfig(lora_rank=LORA_RANK if stage == "finetune" else 0, feature_dim=feature_dim, window=window,
                          window_overrides=window_overrides)
 

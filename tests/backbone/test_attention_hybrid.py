@@ -1,6 +1,7 @@
 """Hybrid attention (sinks + window exact, linear between): every form against the float64 definition."""
 
 import dataclasses
+import itertools
 
 import pytest
 import torch
@@ -40,7 +41,7 @@ def reference(attention, q, k, v, sink_q=None):
         k.shape[1],
         q.shape[-1],
         sinks=spec.sinks,
-        window=spec.window,
+        window=spec.head_windows or spec.window,
         key_map_per_query_head=spec.state_heads != spec.kv_heads,
     ).double()
     double.load_state_dict(attention.state_dict())
@@ -48,8 +49,8 @@ def reference(attention, q, k, v, sink_q=None):
     with torch.no_grad():
         features_q, features_k = double.feature_map_q(q.double()), double.feature_map_k(k64)
     decay = None if attention.log_decay is None else attention.log_decay.double().exp()
-    return naive_hybrid_attention(q, k, v, features_q, features_k, double.log_weight.detach(), spec.sinks, spec.window,
-                                  decay=decay, sink_q=sink_q)
+    return naive_hybrid_attention(q, k, v, features_q, features_k, double.log_weight.detach(), spec.sinks,
+                                  spec.head_windows or spec.window, decay=decay, sink_q=sink_q)
 
 
 CASES = [  # (heads, kv_heads, head_dim, sinks, window, per_query)
@@ -254,3 +255,81 @@ def test_decoding_step_runs_on_one_thread_and_restores_the_count():
         assert seen == [1] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+HEAD_WINDOW_CASES = [  # (heads, kv_heads, head_dim, sinks, per-head windows, per_query)
+    (6, 3, 32, 2, (8, 3, 20), False),  # every head its own
+    (8, 4, 16, 4, (6, 6, 16, 16), True),  # runs of two heads sharing a window
+    (9, 3, 16, 0, (1, 12, 1), False),  # the current token alone, no sinks
+]
+
+
+@pytest.mark.parametrize("length", [1, 63, 500])
+@pytest.mark.parametrize("case", HEAD_WINDOW_CASES)
+def test_head_windows_match_definition(case, length):
+    """Each key/value head with its own window, with decay and sink queries, against the float64 definition."""
+    heads, kv_heads, head_dim, sinks, windows, per_query = case
+    attention = make_attention(heads, kv_heads, head_dim, sinks, windows, per_query, seed=length, horizon=25.0)
+    assert attention.spec.head_windows == windows and attention.spec.window == max(windows)
+    q, k, v = random_qkv(2, heads, kv_heads, length, head_dim)
+    sink_q = torch.randn_like(q)
+    with torch.no_grad():
+        out = attention(q, k, v, sink_q=sink_q)
+        uniform = make_attention(heads, kv_heads, head_dim, sinks, max(windows), per_query, horizon=25.0)
+        uniform.load_state_dict(attention.state_dict())
+        widest = uniform(q, k, v, sink_q=sink_q)
+    assert relative_rms(out, reference(attention, q, k, v, sink_q)) < 1e-4
+    if length > max(windows) + sinks:  # the per-head windows change the answer, so the comparison can fail
+        assert relative_rms(out, widest) > 1e-3
+
+
+@pytest.mark.parametrize("case", HEAD_WINDOW_CASES)
+def test_head_windows_split_and_step_like_one_call(case):
+    heads, kv_heads, head_dim, sinks, windows, per_query = case
+    attention = make_attention(heads, kv_heads, head_dim, sinks, windows, per_query, seed=9, horizon=12.0)
+    length = 3 * max(windows) + 11
+    q, k, v = random_qkv(2, heads, kv_heads, length, head_dim)
+    sink_q = torch.randn_like(q)
+    with torch.no_grad():
+        whole = attention(q, k, v, sink_q=sink_q)
+        state, pieces, start = attention.new_state(batch=2), [], 0
+        for end in (1, 2, 7, 8, 2 * max(windows) + 5, length):
+            part = slice(start, end)
+            pieces.append(attention(q[:, :, part], k[:, :, part], v[:, :, part], state, sink_q=sink_q[:, :, part]))
+            start = end
+        stepped = attention.new_state(batch=2)
+        steps = [attention(q[:, :, t : t + 1], k[:, :, t : t + 1], v[:, :, t : t + 1], stepped,
+                           sink_q=sink_q[:, :, t : t + 1]) for t in range(length)]
+    assert state.num_tokens == stepped.num_tokens == length
+    assert relative_rms(torch.cat(pieces, 2), whole) < 1e-5
+    assert relative_rms(torch.cat(steps, 2), whole) < 1e-5
+    runs = 1 + sum(a != b for a, b in itertools.pairwise(windows))  # neighbouring heads with one window share tensors
+    assert len({name.split(".")[0] for name in state.tensors}) == runs
+    for name, tensor in state.tensors.items():
+        torch.testing.assert_close(tensor, stepped.tensors[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_head_windows_gradients_reach_every_head_and_match_definition():
+    """Training goes through views of the feature maps' parameters, one group of heads at a time."""
+    windows = (3, 8, 8, 1)
+    attention = make_attention(8, 4, 16, 2, windows, seed=6, horizon=10.0).double()
+    q, k, v = (x.requires_grad_() for x in random_qkv(1, 8, 4, 40, 16, dtype=torch.float64))
+    attention(q, k, v).pow(2).sum().backward()
+    fast = [x.grad.clone() for x in (q, k, v)] + [p.grad.clone() for p in attention.parameters()]
+    for x in (q, k, v, *attention.parameters()):
+        x.grad = None
+    features_q, features_k = attention.feature_map_q(q), attention.feature_map_k(k)
+    naive_hybrid_attention(q, k, v, features_q, features_k, attention.log_weight, 2, windows,
+                           decay=attention.log_decay.exp()).pow(2).sum().backward()
+    slow = [x.grad for x in (q, k, v)] + [p.grad for p in attention.parameters()]
+    for got, expected in zip(fast, slow, strict=True):
+        assert relative_rms(got, expected) < 1e-9
+    assert all(bool((p.grad.reshape(p.shape[0], -1).abs().sum(1) > 0).all()) for p in attention.parameters())
+
+
+def test_head_window_errors():
+    with pytest.raises(ValueError, match="one window per key/value head"):
+        HybridAttention(4, 2, 16, window=(8, 8, 8))
+    with pytest.raises(ValueError, match="window >= 1"):
+        HybridAttention(4, 2, 16, window=(8, 0))
+    assert HybridAttention(4, 2, 16, window=(8, 8)).spec.head_windows == ()  # equal windows: a plain layer

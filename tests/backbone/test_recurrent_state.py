@@ -92,3 +92,31 @@ def test_layers_with_windows_of_their_own_round_trip_and_are_checked():
         dataclasses.replace(mixed, window=8)
     with pytest.raises(ValueError, match=r"layer\(i\)"):
         mixed.layer_shapes(1)
+
+
+def test_layers_with_windows_per_head_round_trip_and_are_checked():
+    """Layer 0 with a window per key/value head (a group of tensors per head), layer 1 plain, layer 2 wide."""
+    mixed = dataclasses.replace(SPEC, window=12, layer_windows=((3, 12), 8, 12))
+    state = RecurrentState.empty(mixed)
+    first = state.layers[0].tensors
+    assert {name: tuple(t.shape) for name, t in first.items() if "exact_k" in name} == {
+        "heads0-0.exact_k": (1, 1, 2 + 3, 16), "heads1-1.exact_k": (1, 1, 2 + 12, 16)}
+    assert first["heads1-1.kv"].shape == (1, 1, 32, 16)
+    plain = RecurrentState.empty(dataclasses.replace(SPEC, window=12, layer_windows=(12, 8, 12)))
+    assert plain.nbytes - state.nbytes == 9 * 2 * 16 * 4  # 9 fewer exact tokens of k and v in one head
+    for layer in state.layers:
+        for tensor in layer.tensors.values():
+            tensor.normal_()
+    data = state.to_bytes()
+    assert state.metadata()["spec.layer_windows"] == "3/12,8,12"
+    restored = RecurrentState.from_bytes(data, spec=mixed)
+    assert restored.spec == mixed
+    assert all(torch.equal(restored.to_tensors()[n], t) for n, t in state.to_tensors().items())
+    with pytest.raises(ValueError, match="another configuration"):
+        RecurrentState.from_bytes(data, spec=dataclasses.replace(mixed, layer_windows=((12, 3), 8, 12)))
+    with pytest.raises(ValueError, match="one window per key/value head"):
+        dataclasses.replace(mixed, layer_windows=((3, 12, 12), 8, 12))
+    with pytest.raises(ValueError, match="widest"):
+        dataclasses.replace(mixed, layer_windows=((3, 16), 8, 12))
+    with pytest.raises(ValueError, match="share one window"):
+        mixed.layer(0).heads(0, 2)

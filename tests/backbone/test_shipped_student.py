@@ -53,16 +53,18 @@ def test_state_size_is_constant_and_under_10_mb(student: Any, prose_ids: torch.T
 
 
 def test_another_window_reads_the_same_parameters_with_its_own_exact_state(teacher: Any, student: Any) -> None:
-    """The shipped file gives layers windows of their own; read with 64 everywhere, each layer's ring holds
-    64 tokens and the state shrinks by exactly the window tokens dropped."""
+    """The shipped file gives layers (and some heads) windows of their own; read with 64 everywhere, each
+    head's ring holds 64 tokens and the state shrinks by exactly the window tokens dropped."""
     narrow = load_student(teacher, window="64")
     config = teacher.config
-    per_layer_token = 2 * config.num_kv_heads * config.head_dim * 4  # keys and values, float32
+    per_head_token = 2 * config.head_dim * 4  # keys and values, float32
     windows = student.new_state().spec.layer_windows
     assert len(windows) == config.num_layers and len(set(windows)) > 1
     assert narrow.new_state().spec.layer_windows == () and narrow.new_state().spec.window == 64
-    dropped = sum(windows) - 64 * config.num_layers
-    assert student.new_state().nbytes - narrow.new_state().nbytes == dropped * per_layer_token
+    head_windows = [w for layer in windows for w in ((layer,) * config.num_kv_heads if isinstance(layer, int)
+                                                     else layer)]
+    dropped = sum(head_windows) - 64 * config.num_layers * config.num_kv_heads
+    assert student.new_state().nbytes - narrow.new_state().nbytes == dropped * per_head_token
 
 
 def test_trained_parameters_beat_the_untrained_hybrid(teacher: Any, student: Any, prose_ids: torch.Tensor) -> None:

@@ -53,7 +53,8 @@ def test_student_differs_from_teacher_beyond_the_window() -> None:
 
 
 @pytest.mark.parametrize("splits", [[1], [63, 1, 1], [100, 37, 13], [17, 150]])
-@pytest.mark.parametrize("config", [SMALL, SMALL.with_window("16,1:40")], ids=["one window", "layer windows"])
+@pytest.mark.parametrize("config", [SMALL, SMALL.with_window("16,1:40"), SMALL.with_window("16,0:40/5")],
+                         ids=["one window", "layer windows", "head windows"])
 def test_full_forward_equals_prefill_then_steps(splits: list[int], config: StudentConfig) -> None:
     teacher = tiny_model(seed=13)
     student = build_student(teacher, config)
@@ -97,14 +98,24 @@ def test_a_layer_window_changes_that_layer_only_and_sizes_its_state() -> None:
 
 @pytest.mark.parametrize(("text", "window", "overrides"), [
     ("128", 128, ()), ("64,17:512,3:1024", 64, ((3, 1024), (17, 512))), (" 8 , 1:40 ", 8, ((1, 40),)),
+    ("72,20:1024/128/512,4:32", 72, ((4, 32), (20, (1024, 128, 512)))),
 ])
 def test_window_specs_parse(text: str, window: int, overrides: tuple) -> None:
     config = StudentConfig().with_window(text)
     assert (config.window, config.window_overrides) == (window, overrides)
     assert StudentConfig.from_json(config.to_json()) == config
+    assert StudentConfig().with_window(config.window_spec()) == config
 
 
-@pytest.mark.parametrize("text", ["", "64,", "a", "64,128", "64,1:0", "64,1:8,1:16", "64,-1:8", "1:2:3"])
+def test_one_layer_window_replaced() -> None:
+    config = StudentConfig().with_window("64,3:128,17:512").with_layer_window(17, (512, 32, 2048))
+    assert config.window_overrides == ((3, 128), (17, (512, 32, 2048)))
+    assert config.describe_window() == "64, layers 3: 128, layers 17: 512/32/2048"
+    assert StudentConfig().with_window("64,3:128").with_layer_window(1, 8).layer_windows(4) == [64, 8, 64, 128]
+
+
+@pytest.mark.parametrize("text", ["", "64,", "a", "64,128", "64,1:0", "64,1:8,1:16", "64,-1:8", "1:2:3", "8/16",
+                                  "64,1:8/", "64,1:8/0", "64,1:8,1:8/16"])
 def test_bad_window_specs_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="window"):
         StudentConfig().with_window(text)
@@ -113,6 +124,35 @@ def test_bad_window_specs_are_refused(text: str) -> None:
 def test_a_window_for_a_missing_layer_is_refused() -> None:
     with pytest.raises(ValueError, match="model has 2 layers"):
         build_student(tiny_model(seed=19), SMALL.with_window("16,2:40"))
+    with pytest.raises(ValueError, match="one window per key/value head"):
+        build_student(tiny_model(seed=19), SMALL.with_window("16,1:40/8/8"))
+
+
+def test_head_windows_change_those_heads_only_and_size_the_state() -> None:
+    """Layer 0 with windows 40 and 5 for its two key/value heads: the first head's queries read as in a
+    uniform student of window 40, the second's as in one of window 5; the state holds the exact tokens of each."""
+    teacher = tiny_model(seed=20)
+    mixed = build_student(teacher, SMALL.with_window("16,0:40/5"))
+    perturb(mixed, 6)
+    wide, narrow = build_student(teacher, SMALL.with_window("16,0:40")), build_student(teacher, SMALL.with_window("5"))
+    for model in (wide, narrow):
+        model.load_state_dict(mixed.state_dict())
+    x = torch.randn(1, 90, TINY.dim)
+    rope = teacher.rope(0, 90, torch.float32)
+    captured = {}
+    with torch.no_grad():
+        for name, model in (("mixed", mixed), ("wide", wide), ("narrow", narrow)):
+            model.layers[0].attention(x, rope, capture=captured.setdefault(name, {}))
+    group = TINY.num_heads // TINY.num_kv_heads
+    context = {name: c["context"] for name, c in captured.items()}
+    torch.testing.assert_close(context["mixed"][:, :group], context["wide"][:, :group])
+    torch.testing.assert_close(context["mixed"][:, group:], context["narrow"][:, group:])
+    assert relative_rms(context["wide"][:, group:], context["narrow"][:, group:]) > 1e-3
+    spec = state_spec(mixed)
+    assert spec.layer_windows == ((40, 5), 16) and spec.window == 40
+    per_head_token = 2 * TINY.head_dim * 4
+    expected = RecurrentState.empty(state_spec(wide)).nbytes - 35 * per_head_token
+    assert RecurrentState.empty(spec).nbytes == expected
 
 
 def test_student_shares_teacher_weights_and_leaves_the_teacher_intact() -> None:

@@ -46,10 +46,10 @@ def greedy(model: LanguageModel, state: ModelState, n: int) -> list[int]:
 
 
 def tiny_student(tokenizer: ChatTokenizer, seed: int) -> LanguageModel:
-    """The tiny model with hybrid attention (2 sinks, an 8-token window and 12 in the second layer, as the
-    shipped student's layers have windows of their own; linear attention beyond): a `RecurrentState` that
-    has to carry the linear sums, not only recent tokens."""
+    """The tiny model with hybrid attention (2 sinks, an 8-token window in the first layer, 12 and 5 for the
+    second layer's two key/value heads, as the shipped student's layers and heads have windows of their own;
+    linear attention beyond): a `RecurrentState` that has to carry the linear sums, not only recent tokens."""
     teacher = tiny_model(tokenizer, seed)
     torch.manual_seed(seed + 1000)
-    student = build_student(teacher.model, StudentConfig(sinks=2).with_window("8,1:12")).eval()
+    student = build_student(teacher.model, StudentConfig(sinks=2).with_window("8,1:12/5")).eval()
     return wrap_student(student, teacher, f"untrained-{seed}")
