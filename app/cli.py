@@ -135,7 +135,7 @@ def convert(
     window: str | None = typer.Option(None, help="Softmax window in tokens, e.g. 128, or a window with layers "
                                       "of their own, e.g. 64,17:512,20:1024, or with one per key/value head, e.g. "
                                       "64,20:1024/128/512 (default: the checkpoint's; 128 for a new run); a resumed "
-                                      "run switches to it from its next step."),
+                                      "run switches to it from its next step; export writes the file with it."),
     feature_dim: int | None = typer.Option(None, min=2, help="widen: the new number of linear-attention features "
                                            "(a whole multiple of the present one, e.g. 256 from 128)."),
 ) -> None:
@@ -165,7 +165,10 @@ def convert(
             raise typer.BadParameter("exporting a student of another teacher needs --student-path (the default "
                                      "file is the shipped SmolLM2 student)")
         target = target or DEFAULT_STUDENT
-        digest = run.export(teacher, folder, target)
+        try:
+            digest = run.export(teacher, folder, target, window)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from exc
         console.print(f"Wrote {target} (sha256 {digest[:16]}…)")
         return
     if stage == "widen":

@@ -142,17 +142,22 @@ def widen(teacher: Transformer, out: Path, feature_dim: int, noise: float = 0.5,
     return record
 
 
-def export(teacher: LanguageModel, out: Path, target: Path) -> str:
-    """Write the newest trained parameters (stage 2 if it ran, else stage 1) to `target` + manifest."""
+def export(teacher: LanguageModel, out: Path, target: Path, window: str | None = None) -> str:
+    """Write the newest trained parameters (stage 2 if it ran, else stage 1) to `target` + manifest. `window`
+    (default: the checkpoint's) sets the windows the file is read with; they have no parameters, so windows
+    chosen after training (bench/layer_windows.py) ship without retraining."""
     stage = newest_stage(out)
     saved, _, progress = load_checkpoint(out / stage)
     config = trained_config(out / stage, stage)
+    if window is not None:
+        config = config.with_window(window)
     student = build_student(teacher.model, config)
     params = trainable_parameters(student)
     with torch.no_grad():
         for name, value in saved.items():
             params[name].copy_(value)
-    summary = {"stage": stage, "steps": progress.step, "tokens": progress.tokens, "seconds": round(progress.seconds)}
+    summary = {"stage": stage, "steps": progress.step, "tokens": progress.tokens, "seconds": round(progress.seconds),
+               **({"window": config.window_spec()} if window is not None else {})}
     digest = save_student(target, student, config, teacher.fingerprint,
                           extra={"training": json.dumps(summary)})
     manifest = {"file": target.name, "sha256": digest, "teacher_fingerprint": teacher.fingerprint, **summary}

@@ -246,6 +246,14 @@ def test_convert_command_trains_and_exports_a_folder_teacher(tmp_path: Path, mon
     wide = load_model("student", model_dir=folder, student_path=target)
     assert wide.new_state().spec.feature_dim == 2 * features and wide.new_state().spec.layer_windows == (16, 24)
     assert wide.generate(wide.tokenizer.encode("def"), None, SamplingConfig(max_new_tokens=3)).token_ids
+    heads = runner.invoke(cli, ["convert", *common, "--stage", "export", "--student-path", str(target),
+                                "--window", "16,1:24/8"])
+    assert heads.exit_code == 0, heads.output
+    per_head = load_model("student", model_dir=folder, student_path=target)
+    assert per_head.new_state().spec.layer_windows == (16, (24, 8))
+    assert json.loads(target.with_suffix(".json").read_text())["window"] == "16,1:24/8"
+    for name, value in wide.model.state_dict().items():  # the same parameters, read with other windows
+        assert torch.equal(per_head.model.state_dict()[name], value), name
 
     for bad in (["--gguf", str(folder)], ["--device", "gpu"], ["--window", "16,2:24"], ["--window", "wide"]):
         result = runner.invoke(cli, ["convert", *common, *bad])
