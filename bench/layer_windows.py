@@ -44,6 +44,7 @@ CHAPTERS = tuple(f"usr_{n}.txt" for n in range(20, 30))
 TOPICS = 60  # pydoc topics, in the module's order
 SEQUENCE, PER_SOURCE = 2048, 4096
 RESULTS = Path(__file__).resolve().parent / "results" / "layer_windows.md"
+COMPARE_SECTION = "Window settings"
 
 
 def selection_ids(teacher: LanguageModel) -> torch.Tensor:
@@ -67,7 +68,7 @@ def sequence_losses(model: LanguageModel, ids: torch.Tensor) -> torch.Tensor:
 
 def write_section(name: str, lines: list[str]) -> None:
     """Replace section `name` of the results file, keeping the others."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Per-layer softmax windows\n"
+    text = RESULTS.read_text() if RESULTS.exists() else "# Softmax windows per layer and per key/value head\n"
     section = f"## {name}\n\n" + "\n".join(lines) + "\n"
     pattern = re.compile(rf"^## {re.escape(name)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else f"{text}\n{section}"
@@ -117,9 +118,11 @@ def head_sensitivity(teacher: LanguageModel, ids: torch.Tensor, base: str | None
     write_section(f"Per-head sensitivity, layers {','.join(map(str, layers))}", lines)
 
 
-def compare(teacher: LanguageModel, ids: torch.Tensor, specs: list[str]) -> None:
+def compare(teacher: LanguageModel, ids: torch.Tensor, specs: list[str], section: str) -> None:
     teacher_ppl = math.exp(mean_loss(teacher, ids))
-    lines = [f"Command: `python -m bench.layer_windows compare {' '.join(specs)}`. Teacher ppl {teacher_ppl:.2f}.",
+    option = "" if section == COMPARE_SECTION else f' --section "{section}"'
+    lines = [f"Command: `python -m bench.layer_windows compare{option} {' '.join(specs)}`. "
+             f"Teacher ppl {teacher_ppl:.2f}.",
              "", "| windows | window tokens over layers | state bytes | ppl | ratio to teacher | Vim manual | pydoc |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for spec in specs:
@@ -132,7 +135,7 @@ def compare(teacher: LanguageModel, ids: torch.Tensor, specs: list[str]) -> None
         lines.append(f"| {spec} | {mean_windows:,.0f} | {state.nbytes:,} | {ppl:.2f} | {ppl / teacher_ppl:.3f} | "
                      f"{halves[0]:.2f} | {halves[1]:.2f} |")
         print(lines[-1], flush=True)
-    write_section("Window settings", lines)
+    write_section(section, lines)
 
 
 def main() -> None:
@@ -148,6 +151,7 @@ def main() -> None:
     heads.add_argument("--base", help="Window setting to start from (default: the shipped student's).")
     settings = commands.add_parser("compare", help="Read whole window settings.")
     settings.add_argument("specs", nargs="+", help="Window settings, e.g. 128 or 64,17:512,20:512.")
+    settings.add_argument("--section", default=COMPARE_SECTION, help="Section of the results file to write.")
     args = parser.parse_args()
     teacher = load_model("teacher")
     ids = selection_ids(teacher)
@@ -157,7 +161,7 @@ def main() -> None:
         head_sensitivity(teacher, ids, args.base, [int(x) for x in args.layers.split(",")],
                          [int(x) for x in args.windows.split(",")])
     else:
-        compare(teacher, ids, args.specs)
+        compare(teacher, ids, args.specs, args.section)
 
 
 if __name__ == "__main__":

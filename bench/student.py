@@ -9,6 +9,10 @@ carries the checkpoint's token count, so the table shows the student improving a
 already measured is not measured again unless --fresh).
 
     python -m bench.student [--sections ppl,equivalence,long,decode,chat] [--long-tokens 32768] [--fresh]
+                            [--window SPEC]
+
+The newest stage is read with the windows the shipped file was exported with (its manifest's "window",
+`rillet convert --stage export --window`), or with --window; the others with their checkpoints' own.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from backbone.evaluate import bucket_perplexity, perplexity, streaming_nll
 from backbone.generate import LanguageModel, SamplingConfig
 from backbone.loader import load_model
 from backbone.lora import LoRALinear
-from backbone.student import StudentConfig, build_student, trainable_parameters, wrap_student
+from backbone.student import DEFAULT_STUDENT, StudentConfig, build_student, trainable_parameters, wrap_student
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RILLET_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -59,9 +63,11 @@ QUESTIONS = [
 ]
 
 
-def student_variant(teacher: LanguageModel, name: str, plain: bool = False) -> tuple[str, LanguageModel] | None:
+def student_variant(teacher: LanguageModel, name: str, plain: bool = False,
+                    window: str | None = None) -> tuple[str, LanguageModel] | None:
     """A student model for one row: 'sinks' (linear part switched off), 'untrained', or a stage name;
-    `plain` switches the length settings (sink distance cap, decay) off."""
+    `plain` switches the length settings (sink distance cap, decay) off; `window` reads a stage with other
+    windows than its checkpoint's."""
     if name in ("sinks", "untrained"):
         config = StudentConfig()
         model = build_student(teacher.model, config)
@@ -78,6 +84,8 @@ def student_variant(teacher: LanguageModel, name: str, plain: bool = False) -> t
         return None
     saved, _, progress = load_checkpoint(folder)
     config = trained_config(folder, name)
+    if window is not None:
+        config = config.with_window(window)
     if plain:
         config = dataclasses.replace(config, sink_distance=None, decay_horizon=None)
     model = build_student(teacher.model, config)
@@ -93,6 +101,12 @@ def student_variant(teacher: LanguageModel, name: str, plain: bool = False) -> t
     if config.feature_dim is not None:
         label += f", {config.feature_dim} features"
     return label, wrap_student(model.eval().requires_grad_(False), teacher, name)
+
+
+def shipped_window() -> str | None:
+    """The windows the shipped file was exported with where they differ from its checkpoint's (manifest)."""
+    manifest = DEFAULT_STUDENT.with_suffix(".json")
+    return json.loads(manifest.read_text()).get("window") if manifest.exists() else None
 
 
 def config_label(config: StudentConfig) -> str:
@@ -299,12 +313,15 @@ def main() -> None:
     parser.add_argument("--variants", default="sinks,untrained,transfer,finetune",
                         help="Rows of the perplexity table; the last one that exists is evaluated further.")
     parser.add_argument("--fresh", action="store_true", help="Forget earlier sections and rows.")
+    parser.add_argument("--window", default=shipped_window(),
+                        help="Windows to read the newest stage with (default: the shipped file's).")
     args = parser.parse_args()
     sections = set(args.sections.split(","))
     record = {"sections": {}, "ppl": {}} if args.fresh or not RECORD.exists() else json.loads(RECORD.read_text())
     teacher = load_model("teacher", cache_dir=CACHE)
     names = args.variants.split(",")
-    variants = [v for v in (student_variant(teacher, n) for n in names) if v is not None]
+    windows = {names[-1]: args.window}
+    variants = [v for v in (student_variant(teacher, n, window=windows.get(n)) for n in names) if v is not None]
     best = variants[-1][1]
     stamp = (f"{time.strftime('%Y-%m-%d')}, {torch.get_num_threads()} threads, load average "
              f"{os.getloadavg()[0]:.1f}, student: {variants[-1][0]}")
@@ -315,7 +332,8 @@ def main() -> None:
         new["equivalence"] = equivalence_section(teacher, best)
     states = None
     if "long" in sections or "decode" in sections:
-        plain = student_variant(teacher, names[-1], plain=True) if names[-1] in ("transfer", "finetune") else None
+        plain = (student_variant(teacher, names[-1], plain=True, window=args.window)
+                 if names[-1] in ("transfer", "finetune") else None)
         text, states = long_section(teacher, best, args.long_tokens, None if plain is None else plain[1])
         if "long" in sections:
             new["long"] = text
