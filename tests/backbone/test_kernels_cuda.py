@@ -79,7 +79,8 @@ def test_hybrid_attention_on_cuda_matches_reference(horizon):
     assert relative_rms(out.cpu(), expected) < 1e-4
 
 
-@pytest.mark.parametrize("config", [SMALL, SMALL.with_window("16,1:40")], ids=["one window", "layer windows"])
+@pytest.mark.parametrize("config", [SMALL, SMALL.with_window("16,1:40"), SMALL.with_window("16,0:40/5")],
+                         ids=["one window", "layer windows", "head windows"])
 def test_student_on_cuda_matches_cpu_float64(config):
     """Inference on CUDA (Triton linear part), prefill then decoding steps, against the float64 CPU student."""
     teacher = tiny_model(seed=31)
