@@ -14,6 +14,7 @@ can persist it as named tensors plus metadata, and it round-trips exactly throug
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass, field
 from typing import Self
@@ -46,7 +47,7 @@ class StateSpec:
     def __post_init__(self) -> None:
         if self.layer_kind not in LAYER_KINDS:
             raise ValueError(f"layer_kind must be one of {LAYER_KINDS}, got {self.layer_kind!r}")
-        # Metadata and JSON give lists; equal specs must compare equal.
+        # Callers may pass lists; equal specs must compare and hash equal (layouts are cached by spec).
         object.__setattr__(self, "layer_windows", tuple(w if isinstance(w, int) else tuple(w)
                                                         for w in self.layer_windows))
         object.__setattr__(self, "head_windows", tuple(self.head_windows))
@@ -71,40 +72,18 @@ class StateSpec:
             return dataclasses.replace(self, num_layers=1, window=window, layer_windows=())
         return dataclasses.replace(self, num_layers=1, window=max(window), layer_windows=(), head_windows=window)
 
-    def head_groups(self) -> list[tuple[int, int, int]]:
+    # Derived layouts are cached (specs are frozen and few): the decoding step checks its state every token.
+    def head_groups(self) -> tuple[tuple[int, int, int], ...]:
         """(first, stop, window) for each run of neighbouring key/value heads sharing a window."""
-        windows = self.head_windows or (self.window,) * self.kv_heads
-        runs = [[0, 1, windows[0]]]
-        for head in range(1, self.kv_heads):
-            if windows[head] == runs[-1][2]:
-                runs[-1][1] = head + 1
-            else:
-                runs.append([head, head + 1, windows[head]])
-        return [tuple(run) for run in runs]
+        return _head_groups(self)
 
     def heads(self, first: int, stop: int) -> StateSpec:
         """The one-layer spec of key/value heads first..stop-1, which must share a window."""
-        windows = {w for f, s, w in self.head_groups() if f < stop and s > first}
-        if len(windows) != 1:
-            raise ValueError(f"heads {first}..{stop - 1} do not share one window ({sorted(windows)})")
-        per_head = self.state_heads // self.kv_heads
-        return dataclasses.replace(self, kv_heads=stop - first, state_heads=(stop - first) * per_head,
-                                   window=windows.pop(), head_windows=())
+        return _heads(self, first, stop)
 
     def layer_shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
         """Shapes of one layer's tensors, by name."""
-        if self.layer_windows:
-            raise ValueError("layers of this spec have windows of their own: take one layer's shapes with layer(i)")
-        if self.head_windows:
-            return {f"{group_prefix(first, stop)}{name}": shape for first, stop, _ in self.head_groups()
-                    for name, shape in self.heads(first, stop).layer_shapes(batch).items()}
-        shapes = {
-            "kv": (batch, self.state_heads, self.feature_dim, self.head_dim),
-            "k_sum": (batch, self.state_heads, self.feature_dim),
-        }
-        if self.layer_kind == "hybrid":  # exactly attended keys/values: `sinks` slots, then the window ring
-            shapes["exact_k"] = shapes["exact_v"] = (batch, self.kv_heads, self.sinks + self.window, self.head_dim)
-        return shapes
+        return dict(_layer_shapes(self, batch))
 
     def to_metadata(self) -> dict[str, str]:
         """Strings for safetensors metadata. Window lists only when set, so uniform specs read as before;
@@ -126,6 +105,44 @@ class StateSpec:
         except (KeyError, ValueError) as error:
             raise ValueError(f"state metadata does not describe a recurrent state layout: {error}") from error
 
+
+
+@functools.cache
+def _head_groups(spec: StateSpec) -> tuple[tuple[int, int, int], ...]:
+    windows = spec.head_windows or (spec.window,) * spec.kv_heads
+    runs = [[0, 1, windows[0]]]
+    for head in range(1, spec.kv_heads):
+        if windows[head] == runs[-1][2]:
+            runs[-1][1] = head + 1
+        else:
+            runs.append([head, head + 1, windows[head]])
+    return tuple((first, stop, window) for first, stop, window in runs)
+
+
+@functools.cache
+def _heads(spec: StateSpec, first: int, stop: int) -> StateSpec:
+    windows = {w for f, s, w in spec.head_groups() if f < stop and s > first}
+    if len(windows) != 1:
+        raise ValueError(f"heads {first}..{stop - 1} do not share one window ({sorted(windows)})")
+    per_head = spec.state_heads // spec.kv_heads
+    return dataclasses.replace(spec, kv_heads=stop - first, state_heads=(stop - first) * per_head,
+                               window=windows.pop(), head_windows=())
+
+
+@functools.cache
+def _layer_shapes(spec: StateSpec, batch: int) -> dict[str, tuple[int, ...]]:
+    if spec.layer_windows:
+        raise ValueError("layers of this spec have windows of their own: take one layer's shapes with layer(i)")
+    if spec.head_windows:
+        return {f"{group_prefix(first, stop)}{name}": shape for first, stop, _ in spec.head_groups()
+                for name, shape in spec.heads(first, stop).layer_shapes(batch).items()}
+    shapes = {
+        "kv": (batch, spec.state_heads, spec.feature_dim, spec.head_dim),
+        "k_sum": (batch, spec.state_heads, spec.feature_dim),
+    }
+    if spec.layer_kind == "hybrid":  # exactly attended keys/values: `sinks` slots, then the window ring
+        shapes["exact_k"] = shapes["exact_v"] = (batch, spec.kv_heads, spec.sinks + spec.window, spec.head_dim)
+    return shapes
 
 
 def as_heads(window: LayerWindow) -> tuple[int, ...]:
