@@ -35,6 +35,7 @@ def run_checks(settings: Settings) -> Iterator[Check]:
 
     yield Check("torch", True, f"{torch.__version__}, {torch.get_num_threads()} threads")
     cuda = torch.cuda.is_available()
+    yield _precision_check(settings)
     yield Check("cuda", cuda, f"available: {torch.cuda.get_device_name(0)}" if cuda else "not available (CPU mode)",
                 "Optional: a CUDA GPU runs the Triton kernels and bigger batches.", required=False)
     triton = _version("triton")
@@ -97,3 +98,15 @@ def _database_check(settings: Settings) -> Check:
     if rev != head:
         state += "; `rillet db upgrade` (or `rillet serve`) migrates it"
     return Check("database", True, state)
+
+
+def _precision_check(settings: Settings) -> Check:
+    from backbone.quantize import PrecisionError, int8_supported, resolve_precision
+
+    device = settings.resolved_device()
+    try:
+        precision = resolve_precision(settings.precision, device)
+    except PrecisionError as exc:
+        return Check("precision", False, f"{settings.precision} cannot run here", str(exc))
+    why = "int8 dot products (VNNI) available" if int8_supported() else "no int8 dot products on this CPU"
+    return Check("precision", True, f"{precision} weights (RILLET_PRECISION={settings.precision}; {why})")

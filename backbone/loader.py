@@ -26,6 +26,7 @@ from backbone.gguf import find_gguf, read_gguf
 from backbone.hf_folder import read_hf_folder
 from backbone.kv_cache import KVCache
 from backbone.model import Transformer
+from backbone.quantize import CALIBRATION_TOKENS, apply_precision, calibration_text, resolve_precision
 from backbone.tokenizer import ChatTokenizer
 
 log = logging.getLogger(__name__)
@@ -194,18 +195,29 @@ def wrap_teacher(model: Transformer, tokenizer: ChatTokenizer, fingerprint: str,
 def load_model(kind: Literal["teacher", "student"] = "teacher", gguf_path: Path | None = None,
                student_path: Path | None = None, cache_dir: Path | None = None,
                device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-               model_dir: Path | None = None) -> LanguageModel:
+               model_dir: Path | None = None, precision: str = "fp32") -> LanguageModel:
     """The teacher (softmax attention, 8,192-token context) or the student (linearized, unbounded).
 
     The teacher's weights come from `gguf_path` (default: the packaged SmolLM2 GGUF) or from a Hugging Face
-    folder `model_dir` (see `load_teacher`)."""
+    folder `model_dir` (see `load_teacher`). `precision` ("fp32", "bf16", "int8" or "auto", see
+    backbone/quantize.py) converts the weights for inference; int8 weights are cached in `cache_dir`."""
+    resolved = resolve_precision(precision, device)
     if kind == "teacher":
-        return load_teacher(gguf_path, cache_dir, device, dtype, model_dir)
-    if kind == "student":
+        model = load_teacher(gguf_path, cache_dir, device, dtype, model_dir)
+    elif kind == "student":
         try:
             from backbone.student import load_student
         except ImportError as exc:
             raise ValueError("The student model is not available in this build; use --model teacher.") from exc
         teacher = load_teacher(gguf_path, cache_dir, device, dtype, model_dir)
-        return load_student(teacher, student_path=student_path, device=device)
-    raise ValueError(f"Unknown model {kind!r}; choose 'teacher' or 'student'.")
+        model = load_student(teacher, student_path=student_path, device=device)
+    else:
+        raise ValueError(f"Unknown model {kind!r}; choose 'teacher' or 'student'.")
+    if resolved != "fp32":
+        started = time.perf_counter()
+        cache = None if cache_dir is None else Path(cache_dir) / "quantized" / f"{model.fingerprint[:32]}-{resolved}"
+        calibration = model.tokenizer.encode(calibration_text())[:CALIBRATION_TOKENS]
+        apply_precision(model.model, resolved, cache, torch.tensor([calibration], device=model.device))
+        log.info("%s weights in %.2f s", resolved, time.perf_counter() - started)
+    model.info["precision"] = resolved
+    return model

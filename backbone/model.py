@@ -92,10 +92,17 @@ class SoftmaxAttention(nn.Module):
         self.k_proj = nn.Linear(config.dim, config.num_kv_heads * config.head_dim, bias=False)
         self.v_proj = nn.Linear(config.dim, config.num_kv_heads * config.head_dim, bias=False)
         self.o_proj = nn.Linear(config.num_heads * config.head_dim, config.dim, bias=False)
+        self.qkv_proj: nn.Module | None = None  # q, k and v as one product (backbone/quantize.py fuses them)
 
     def project_unrotated(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries (B, H, T, D), keys and values (B, H_kv, T, D) before RoPE."""
         b, t, _ = x.shape
+        if self.qkv_proj is not None:
+            q, k, v = self.qkv_proj(x).split([self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim,
+                                              self.num_kv_heads * self.head_dim], dim=-1)
+            return (q.view(b, t, self.num_heads, self.head_dim).transpose(1, 2),
+                    k.view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2),
+                    v.view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2))
         q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
@@ -144,8 +151,12 @@ class FeedForward(nn.Module):
         self.gate_proj = nn.Linear(config.dim, config.ffn_dim, bias=False)
         self.up_proj = nn.Linear(config.dim, config.ffn_dim, bias=False)
         self.down_proj = nn.Linear(config.ffn_dim, config.dim, bias=False)
+        self.gate_up_proj: nn.Module | None = None  # gate and up as one product (backbone/quantize.py)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 

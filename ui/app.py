@@ -55,8 +55,8 @@ class Page:
 
     def status(self, model: str | None, tokens: int = 0, state_bytes: int = 0) -> str:
         served = self.engine.served(model or None)
-        return render.status_line(served.label, served.device, tokens, state_bytes, served.model.max_context,
-                                  served.note)
+        return render.status_line(served.label, f"{served.device}, {served.precision}", tokens, state_bytes,
+                                  served.model.max_context, served.note)
 
     def visible_count(self, session_id: int) -> int:
         return sum(m.role != "system" for m in self.engine.messages(session_id))

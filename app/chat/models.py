@@ -31,6 +31,11 @@ class ServedModel:
     note: str | None = None
 
     @property
+    def precision(self) -> str:
+        """The weights' precision in force (backbone/quantize.py)."""
+        return getattr(self.model, "info", {}).get("precision", "fp32")
+
+    @property
     def label(self) -> str:
         return self.name if self.name == self.requested else f"{self.name} (instead of {self.requested})"
 
@@ -68,9 +73,13 @@ class ModelRegistry:
 
     def _load(self, name: ModelName) -> ServedModel:
         from backbone.loader import load_model
+        from backbone.quantize import resolve_precision
+
+        resolve_precision(self.settings.precision, self.settings.resolved_device())  # PrecisionError says how
 
         device = self.settings.resolved_device()
-        common = {"gguf_path": self.settings.model_path, "cache_dir": self.settings.cache_dir, "device": device}
+        common = {"gguf_path": self.settings.model_path, "cache_dir": self.settings.cache_dir, "device": device,
+                  "precision": self.settings.precision}
         if name == "student":
             try:
                 model = load_model("student", student_path=self.settings.student_path, **common)
