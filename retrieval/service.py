@@ -3,7 +3,7 @@
     retrieval = Retrieval(engine, settings.indexes)
     retrieval.create_collection("rillet", ["~/src/rillet"], ignore=["*.lock"])
     report = retrieval.index("rillet", progress=print)
-    for hit in retrieval.search("where is the config loaded", "rillet", k=5):
+    for hit in retrieval.search("rillet", "where is the config loaded", k=5):
         print(hit.citation, hit.score)
 
 A collection with roots is crawled from disk; one without roots holds documents added through

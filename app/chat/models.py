@@ -62,10 +62,6 @@ class ModelRegistry:
                 self._served[name] = self._load(name)
             return self._served[name]
 
-    def loaded(self) -> list[ServedModel]:
-        with self._lock:
-            return list(self._served.values())
-
     def _load(self, name: ModelName) -> ServedModel:
         from backbone.loader import load_model
 
