@@ -98,10 +98,10 @@ class _Known:
 
 class Indexer:
     def __init__(self, *, name: str, collection_id: int, roots: list[str], ignore: list[str],
-                 sessions: sessionmaker[Session], store: CollectionStore, chunker: Chunker,
+                 db: sessionmaker[Session], store: CollectionStore, chunker: Chunker,
                  progress: Callable[[Progress], None] | None = None, max_file_bytes: int | None = None) -> None:
         self.name, self.collection_id, self.roots, self.ignore = name, collection_id, roots, ignore
-        self.sessions, self.store, self.chunker = sessions, store, chunker
+        self.db, self.store, self.chunker = db, store, chunker
         self.on_progress = progress
         self.crawler_options = {"max_bytes": max_file_bytes} if max_file_bytes else {}
         self.report = IndexReport(name)
@@ -146,7 +146,7 @@ class Indexer:
         return self.report
 
     def _known(self) -> dict[tuple[int, str], _Known]:
-        with self.sessions() as session:
+        with self.db() as session:
             rows = session.execute(select(File.root, File.path, File.id, File.size, File.mtime, File.content_hash,
                                           File.status, File.error).where(File.collection_id == self.collection_id))
             return {(r[0], r[1]): _Known(*r[2:]) for r in rows}
@@ -158,7 +158,7 @@ class Indexer:
         """Files gone from disk leave the catalog and the index."""
         if not file_ids:
             return
-        with self.sessions.begin() as session:
+        with self.db.begin() as session:
             chunk_ids = [i for b in batched(file_ids) for i in session.scalars(
                 select(Chunk.id).where(Chunk.file_id.in_(b)))]
             for b in batched(file_ids):
@@ -203,7 +203,7 @@ class Indexer:
         texts = [c.embed_text for _, c in planned]
         hashes = [text_hash(t) for t in texts]
         vectors = self._vectors(hashes, texts)
-        with self.sessions.begin() as session:
+        with self.db.begin() as session:
             old_ids = [i for b in batched([o.file_id for o in batch if o.file_id is not None and o.status != "same"])
                        for i in session.scalars(select(Chunk.id).where(Chunk.file_id.in_(b)))]
             for b in batched(old_ids):

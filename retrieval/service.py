@@ -68,10 +68,10 @@ class CollectionInfo:
 class Retrieval:
     def __init__(self, db: Engine | sessionmaker[Session], index_dir: Path | str, embedder: Embedder | None = None,
                  *, max_file_bytes: int | None = None) -> None:
-        self.sessions = db if isinstance(db, sessionmaker) else make_sessionmaker(db)
+        self.db = db if isinstance(db, sessionmaker) else make_sessionmaker(db)
         self.index_dir = Path(index_dir).expanduser()
         self.embedder: Embedder = embedder or SentenceEmbedder()
-        self.cache = EmbeddingCache(self.sessions, self.embedder.name) \
+        self.cache = EmbeddingCache(self.db, self.embedder.name) \
             if getattr(self.embedder, "cacheable", False) else None
         self.chunker = Chunker(getattr(self.embedder, "count_tokens", count_tokens),
                                max_tokens=getattr(self.embedder, "max_tokens", 256))
@@ -92,14 +92,14 @@ class Retrieval:
             if not path.is_dir():
                 raise ValueError(f"{root} is not a folder; give the folder that holds the files to index.")
             resolved.append(str(path))
-        with self.sessions.begin() as session:
+        with self.db.begin() as session:
             if session.scalar(select(Collection.id).where(Collection.name == name)) is not None:
                 raise ValueError(f"A collection named {name!r} exists already; choose another name or delete it.")
             session.add(Collection(name=name, roots=resolved, ignore=list(ignore), embedding_model=self.embedder.name))
         return self.get_collection(name)
 
     def get_collection(self, name: str) -> CollectionInfo:
-        with self.sessions() as session:
+        with self.db() as session:
             collection = self._row(session, name)
             files = session.scalar(select(func.count(File.id)).where(File.collection_id == collection.id)) or 0
             chunks = session.scalar(select(func.count(Chunk.id)).join(File).where(
@@ -109,18 +109,18 @@ class Retrieval:
                                   files, chunks)
 
     def list_collections(self) -> list[CollectionInfo]:
-        with self.sessions() as session:
+        with self.db() as session:
             names = session.scalars(select(Collection.name).order_by(Collection.name)).all()
         return [self.get_collection(n) for n in names]
 
     def set_ignore(self, name: str, ignore: Sequence[str]) -> None:
         """Replace the collection's ignore patterns; the next `index` drops newly ignored files."""
-        with self.sessions.begin() as session:
+        with self.db.begin() as session:
             self._row(session, name).ignore = list(ignore)
 
     def delete_collection(self, name: str) -> None:
         """Remove the collection, its catalog rows and its index files (the files on disk stay)."""
-        with self.sessions.begin() as session:
+        with self.db.begin() as session:
             collection = self._row(session, name)
             collection_id = collection.id
             file_ids = select(File.id).where(File.collection_id == collection_id)
@@ -136,7 +136,7 @@ class Retrieval:
     # --- indexing --------------------------------------------------------------------------------
     def index(self, name: str, progress: Callable[[Progress], None] | None = None) -> IndexReport:
         """Bring the collection's index up to date with its folders; only changes cost time."""
-        with self.sessions() as session:
+        with self.db() as session:
             collection = self._row(session, name)
             collection_id, roots, ignore = collection.id, list(collection.roots), list(collection.ignore)
             model = collection.embedding_model
@@ -147,9 +147,9 @@ class Retrieval:
             if model != self.embedder.name:
                 self._clear(collection_id, store)
             report = Indexer(name=name, collection_id=collection_id, roots=roots, ignore=ignore,
-                             sessions=self.sessions, store=store, chunker=self.chunker, progress=progress,
+                             db=self.db, store=store, chunker=self.chunker, progress=progress,
                              max_file_bytes=self.max_file_bytes).run()
-            with self.sessions.begin() as session:
+            with self.db.begin() as session:
                 session.execute(update(Collection).where(Collection.id == collection_id).values(
                     indexed_at=utcnow(), embedding_model=self.embedder.name))
         return report
@@ -157,7 +157,7 @@ class Retrieval:
     def _clear(self, collection_id: int, store: CollectionStore) -> None:
         """The collection was embedded with another model: its vectors are useless, start over."""
         log.warning("Collection %d was embedded with another model; re-indexing it from scratch.", collection_id)
-        with self.sessions.begin() as session:
+        with self.db.begin() as session:
             session.execute(delete(File).where(File.collection_id == collection_id))
         shutil.rmtree(store.folder / "bm25", ignore_errors=True)
         store.vectors_path.unlink(missing_ok=True)
@@ -188,18 +188,18 @@ class Retrieval:
             weights.append(BM25_WEIGHT)
             scores["bm25"] = dict(zip(ids.tolist(), keyword_scores.tolist(), strict=True))
         fused = reciprocal_rank_fusion(rankings, weights, RRF_K) if mode == "hybrid" else list(scores[mode].items())
-        with self.sessions() as session:
+        with self.db() as session:
             return load_hits(session, fused[:k], roots)
 
     def search_by_vector(self, name: str, vector: np.ndarray, k: int = 8) -> list[Hit]:
         """Nearest chunks to an embedding (cosine similarity as the score)."""
         roots, store, _ = self._prepare_search(name, None, None)
         ids, scores = self._vector_ranking(store, vector, k, None)
-        with self.sessions() as session:
+        with self.db() as session:
             return load_hits(session, list(zip(ids, scores, strict=True)), roots)
 
     def _prepare_search(self, name: str, path_glob: str | None, language: str | None):  # type: ignore[no-untyped-def]
-        with self.sessions() as session:
+        with self.db() as session:
             collection = self._row(session, name)
             collection_id, roots = collection.id, list(collection.roots)
             allowed = allowed_ids(session, collection_id, roots, path_glob, language) \
@@ -227,7 +227,7 @@ class Retrieval:
         keys = list(latest)
         hashes = [text_hash(latest[i][0]) for i in keys]
         vectors = store.vectors_for(hashes, [latest[i][0] for i in keys])
-        with self.sessions.begin() as session:
+        with self.db.begin() as session:
             old_files = self._document_files(session, collection_id, keys)
             old_chunks = [c for b in batched(list(old_files.values()))
                           for c in session.scalars(select(Chunk.id).where(Chunk.file_id.in_(b)))]
@@ -247,7 +247,7 @@ class Retrieval:
     def get_documents(self, name: str, ids: Sequence[str]) -> list[tuple[str, str, dict[str, Any]]]:
         """(id, text, metadata) of the documents that exist, in the order of `ids`."""
         collection_id, _ = self._documents_collection(name)
-        with self.sessions() as session:
+        with self.db() as session:
             found = {}
             for b in batched(list(ids)):
                 rows = session.execute(select(File.path, Chunk.text, Chunk.meta).join(Chunk).where(
@@ -257,7 +257,7 @@ class Retrieval:
 
     def delete_documents(self, name: str, ids: Sequence[str]) -> int:
         collection_id, store = self._documents_collection(name)
-        with self.sessions.begin() as session:
+        with self.db.begin() as session:
             files = self._document_files(session, collection_id, list(ids))
             chunks = [c for b in batched(list(files.values()))
                       for c in session.scalars(select(Chunk.id).where(Chunk.file_id.in_(b)))]
@@ -267,7 +267,7 @@ class Retrieval:
         return len(files)
 
     def _documents_collection(self, name: str) -> tuple[int, CollectionStore]:
-        with self.sessions() as session:
+        with self.db() as session:
             collection = self._row(session, name)
             if collection.roots:
                 raise ValueError(f"Collection {name!r} indexes folders; add documents to a collection "
@@ -307,6 +307,6 @@ class Retrieval:
         with self._stores_lock:
             if collection_id not in self._stores:
                 self._stores[collection_id] = CollectionStore(self._folder(collection_id), collection_id,
-                                                              self.sessions, self.embedder, self.cache)
+                                                              self.db, self.embedder, self.cache)
             return self._stores[collection_id]
 

@@ -38,9 +38,9 @@ def embed_text(header: str | None, text: str) -> str:
 
 
 class CollectionStore:
-    def __init__(self, folder: Path, collection_id: int, sessions: sessionmaker[Session], embedder: Embedder,
+    def __init__(self, folder: Path, collection_id: int, db: sessionmaker[Session], embedder: Embedder,
                  cache: EmbeddingCache | None) -> None:
-        self.folder, self.collection_id, self.sessions = Path(folder), collection_id, sessions
+        self.folder, self.collection_id, self.db = Path(folder), collection_id, db
         self.embedder, self.cache = embedder, cache
         self.vectors_path, self.bm25_path = self.folder / "vectors.faiss", self.folder / "bm25"
         self.lock = threading.RLock()  # held briefly, around reads and changes of the in-memory indexes
@@ -52,7 +52,7 @@ class CollectionStore:
 
     # --- catalog ---------------------------------------------------------------------------------
     def catalog_ids(self) -> np.ndarray:
-        with self.sessions() as session:
+        with self.db() as session:
             ids = session.scalars(select(Chunk.id).join(File).where(File.collection_id == self.collection_id))
             return np.sort(np.fromiter(ids, dtype=np.int64))
 
@@ -60,7 +60,7 @@ class CollectionStore:
         """(id, text hash, embedded text) of the given chunks, or of all of them."""
         query = select(Chunk.id, Chunk.text_hash, Chunk.header, Chunk.text).join(File).where(
             File.collection_id == self.collection_id)
-        with self.sessions() as session:
+        with self.db() as session:
             if ids is None:
                 rows = session.execute(query.order_by(Chunk.id)).all()
             else:

@@ -26,7 +26,7 @@ def consistent(retrieval: Retrieval, name: str) -> np.ndarray:
 
 
 def chunks_by_path(retrieval: Retrieval) -> dict[str, list[Chunk]]:
-    with retrieval.sessions() as session:
+    with retrieval.db() as session:
         rows = session.execute(select(File.path, Chunk).join(Chunk.file).order_by(Chunk.ordinal)).all()
     out: dict[str, list[Chunk]] = {}
     for path, chunk in rows:
@@ -147,5 +147,5 @@ def test_collections_lifecycle_and_clear_errors(sqlite_url: str, repo: Path, tmp
     retrieval.delete_collection("repo")
     assert retrieval.list_collections() == []
     assert not any((tmp_path / "indexes").iterdir())
-    with retrieval.sessions() as session:
+    with retrieval.db() as session:
         assert session.scalars(select(Embedding.text_hash)).all() == []
