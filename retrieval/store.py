@@ -20,6 +20,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from backbone.errors import UserError
 from retrieval.bm25 import BM25Index
 from retrieval.catalog import Chunk, File
 from retrieval.embedder import Embedder
@@ -29,8 +30,8 @@ from retrieval.vector_index import VectorIndex
 log = logging.getLogger(__name__)
 
 
-class CollectionBusyError(RuntimeError):
-    pass
+class CollectionBusyError(UserError, RuntimeError):
+    """Another indexing run (this process or another) holds the collection; wait for it."""
 
 
 def embed_text(header: str | None, text: str) -> str:

@@ -13,6 +13,7 @@ from typing import Literal
 
 from app.chat.scheduler import Scheduler
 from app.config import Settings
+from backbone.errors import InvalidRequest, StudentNotTrained, StudentUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class ModelRegistry:
     def get(self, name: ModelName | None = None) -> ServedModel:
         name = name or self.settings.model
         if name not in MODEL_NAMES:
-            raise ValueError(f"Unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}.")
+            raise InvalidRequest(f"Unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}.")
         with self._lock:
             if name not in self._served:
                 self._served[name] = self._load(name)
@@ -71,8 +72,10 @@ class ModelRegistry:
             try:
                 model = load_model("student", student_path=self.settings.student_path, **common)
                 return ServedModel(model, "student", "student", device)
-            except (FileNotFoundError, ValueError) as exc:
-                note = "The student model is not trained yet; the teacher serves instead."
+            except StudentUnavailable as exc:  # missing or unusable parameters: a fact of this install, not a bug
+                note = ("The student model is not trained yet; the teacher serves instead."
+                        if isinstance(exc, StudentNotTrained)
+                        else f"The student's parameters cannot be used ({exc}); the teacher serves instead.")
                 log.warning("%s (%s)", note, exc)
                 teacher = self._served.get("teacher") or self._load("teacher")
                 self._served.setdefault("teacher", teacher)
