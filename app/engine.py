@@ -26,14 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.chat.folders import FolderNotAllowedError
 from app.chat.generation import Answer, Piece, generation_steps
 from app.chat.models import ModelRegistry, ServedModel, shared_registry
 from app.chat.prompt import DEFAULT_SYSTEM_PROMPT, Recollection, Source, build_prompt
 from app.chat.scheduler import Ticket
 from app.config import Settings
 from backbone.errors import InvalidRequest, UserError
-from memory.errors import InvalidTranscriptError, SessionConflictError, SessionNotFoundError
+from memory.errors import SessionConflictError, SessionNotFoundError
 from memory.recall import SessionRecall
 from memory.records import ChatMessage, LoadedSession, SessionInfo
 from memory.sessions import SessionStore
@@ -54,9 +53,8 @@ class TurnRefused(InvalidRequest):
     """The turn cannot run as asked; the message says what to do. Nothing was sent or stored."""
 
 
-# Errors whose message is meant for the user as is (what to do next); anything else is a bug to log.
-USER_ERRORS = (TurnRefused, SessionNotFoundError, SessionConflictError, InvalidTranscriptError,
-               CollectionNotFoundError, FolderNotAllowedError, ValueError, FileNotFoundError)
+# Kept for callers of the old name: errors whose message is meant for the user are exactly `UserError`s.
+USER_ERRORS = (UserError,)
 
 
 @dataclass(frozen=True)

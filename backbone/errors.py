@@ -11,6 +11,8 @@ can raise it. Subclasses also derive from the built-in type that describes them 
 
 from __future__ import annotations
 
+import logging
+
 
 class UserError(Exception):
     """Something the user can fix; the message says how."""
@@ -30,6 +32,14 @@ class StudentUnavailable(UserError, ValueError):
 
 class StudentNotTrained(StudentUnavailable, FileNotFoundError):
     """No trained student parameters at the configured path."""
+
+
+def report(error: BaseException, logger: logging.Logger, what: str) -> str:
+    """For a front end that caught `error` itself: log a bug with its traceback (a `UserError` is not a bug and
+    is not logged), and return what to show."""
+    if not isinstance(error, UserError):
+        logger.error("%s failed", what, exc_info=error)
+    return shown(error)
 
 
 def shown(error: BaseException) -> str:

@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from backbone.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -221,6 +223,9 @@ class Scheduler:
         except StopIteration as stop:
             ticket.put(Finished(stop.value))
         except Exception as error:  # a failing job must not take the queue down with it
-            log.exception("job %d failed", ticket.number)
+            if isinstance(error, UserError):  # the caller shows its message; not a bug
+                log.info("job %d refused: %s", ticket.number, error)
+            else:  # a bug: here is its traceback, whoever shows the failure (`backbone.errors.shown`)
+                log.exception("job %d failed", ticket.number)
             ticket.put(Failed(error))
         return True
