@@ -18,7 +18,8 @@ import gradio as gr
 
 from app.chat.generation import Piece
 from app.chat.scheduler import Cancelled, Failed, Finished, Waiting
-from app.engine import USER_ERRORS, ChatEngine, Retrieved, SessionNotFoundError, TurnOptions
+from app.engine import ChatEngine, Retrieved, SessionNotFoundError, TurnOptions
+from backbone.errors import UserError, report, shown
 from ui import render
 from ui.api import add_api
 
@@ -58,6 +59,12 @@ class Page:
         return render.status_line(served.label, served.device, tokens, state_bytes, served.model.max_context,
                                   served.note)
 
+    @staticmethod
+    def problem(error: BaseException, what: str) -> str:
+        """The notice for an error a handler caught: a `UserError`'s advice as is, anything else (logged here
+        with its traceback) as an internal error."""
+        return render.error_note(report(error, log, what))
+
     def visible_count(self, session_id: int) -> int:
         return sum(m.role != "system" for m in self.engine.messages(session_id))
 
@@ -83,8 +90,8 @@ class Page:
     def new_session(self, collection: str, model: str) -> tuple[Any, ...]:
         try:
             info = self.engine.create_session(collection=collection or None)
-        except USER_ERRORS as exc:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), render.error_note(exc), gr.skip(), gr.skip()
+        except Exception as exc:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), self.problem(exc, "new_session"), gr.skip(), gr.skip()
         return (info.id, gr.update(choices=self.session_choices(), value=info.id), [], self.status(model), "",
                 info.id, info.title)
 
@@ -93,8 +100,8 @@ class Page:
             return (gr.skip(),) * 7
         try:
             view = self.engine.open_session(int(session_id), model or None)
-        except USER_ERRORS as exc:
-            return None, [], gr.skip(), self.status(model), render.error_note(exc), None, ""
+        except Exception as exc:
+            return None, [], gr.skip(), self.status(model), self.problem(exc, "open_session"), None, ""
         return (view.info.id, render.chat_history(view.messages),
                 gr.update(value=view.info.collection or NO_COLLECTION),
                 self.status(model, view.state_tokens, view.state_bytes),
@@ -105,8 +112,8 @@ class Page:
             return gr.skip(), render.error_note(Exception("Open or start a session first."))
         try:
             self.engine.rename_session(session_id, title)
-        except USER_ERRORS as exc:
-            return gr.skip(), render.error_note(exc)
+        except Exception as exc:
+            return gr.skip(), self.problem(exc, "rename")
         return gr.update(choices=self.session_choices(), value=session_id), f"Renamed to “{title.strip()}”."
 
     def ask_delete(self, session_id: int | None) -> tuple[Any, str]:
@@ -127,16 +134,16 @@ class Page:
             return gr.update(visible=False), render.error_note(Exception("Open a session to export it."))
         try:
             path = self.engine.export_session(session_id, self.export_dir, "markdown" if fmt == "Markdown" else "json")
-        except USER_ERRORS as exc:
-            return gr.update(visible=False), render.error_note(exc)
+        except Exception as exc:
+            return gr.update(visible=False), self.problem(exc, "export")
         return gr.update(value=str(path), visible=True), f"Exported to {path.name}."
 
     def import_file(self, upload: Any, model: str) -> tuple[Any, ...]:
         try:
             data = Path(upload if isinstance(upload, str) else upload.name).read_bytes()
             info = self.engine.import_session(data)
-        except USER_ERRORS as exc:
-            return (gr.skip(),) * 4 + (render.error_note(exc), gr.skip(), gr.skip())
+        except Exception as exc:
+            return (gr.skip(),) * 4 + (self.problem(exc, "import_file"), gr.skip(), gr.skip())
         view = self.engine.open_session(info.id, model or None)
         return (info.id, gr.update(choices=self.session_choices(), value=info.id), render.chat_history(view.messages),
                 self.status(model, view.state_tokens, view.state_bytes), f"Imported “{info.title}”.", info.id,
@@ -148,8 +155,8 @@ class Page:
             return ""
         try:
             self.engine.set_collection(session_id, collection or None)
-        except USER_ERRORS as exc:
-            return render.error_note(exc)
+        except Exception as exc:
+            return self.problem(exc, "choose_collection")
         return f"This session now searches “{collection}”." if collection else "This session searches no collection."
 
     def index(self, folder: str, name: str) -> Iterator[tuple[Any, ...]]:
@@ -178,9 +185,7 @@ class Page:
         while (item := updates.get()) is not None:
             yield render.progress_line(item), gr.skip(), gr.skip()
         if "error" in outcome:
-            if not isinstance(outcome["error"], USER_ERRORS):
-                log.error("indexing failed", exc_info=outcome["error"])
-            yield render.error_note(outcome["error"]), gr.skip(), gr.skip()
+            yield self.problem(outcome["error"], "indexing"), gr.skip(), gr.skip()
             return
         report = outcome["report"]
         yield (render.index_summary(report), gr.update(choices=self.collection_choices(), value=report.collection),
@@ -196,8 +201,8 @@ class Page:
         try:
             self.engine.delete_collection(collection)
             note = f"Collection “{collection}” deleted."
-        except USER_ERRORS as exc:
-            note = render.error_note(exc)
+        except Exception as exc:
+            note = self.problem(exc, "delete_collection")
         choices = self.collection_choices()
         return gr.update(choices=choices, value=NO_COLLECTION), gr.update(visible=False), note, \
             gr.update(visible=len(choices) == 1)
@@ -217,8 +222,8 @@ class Page:
                 session_id = self.engine.create_session(title_from(message), collection or None).id
             changed_elsewhere = self.visible_count(session_id) != len(history)
             ticket = self.engine.ask(session_id, message, options)
-        except USER_ERRORS as exc:
-            yield message, skip, session_id, skip, skip, render.error_note(exc), skip
+        except Exception as exc:
+            yield message, skip, session_id, skip, skip, self.problem(exc, "respond"), skip
             return
         history += [{"role": "user", "content": message}, {"role": "assistant", "content": "…"}]
         yield "", history, session_id, gr.update(choices=self.session_choices(), value=session_id), skip, "", \
@@ -244,11 +249,11 @@ class Page:
                        render.error_note(Exception(notice)) if notice else "", skip)
                 return
             elif isinstance(event, Failed | Cancelled):
-                error = event.error if isinstance(event, Failed) else Exception("The turn was cancelled.")
-                if not isinstance(error, USER_ERRORS):
-                    log.error("turn failed", exc_info=error)
-                    error = Exception(f"The answer failed: {error}. Your message is back in the box; try again.")
-                yield message, history[:-2], session_id, skip, skip, render.error_note(error), skip
+                # a failed turn was logged, with its traceback when it is a bug, by the model queue
+                note = shown(event.error) if isinstance(event, Failed) else "The turn was cancelled."
+                if isinstance(event, Failed) and not isinstance(event.error, UserError):
+                    note += " Your message is back in the box; try again."
+                yield message, history[:-2], session_id, skip, skip, render.error_note(note), skip
                 return
             else:
                 continue

@@ -91,5 +91,5 @@ def index_summary(report: Any) -> str:
     return "  \n".join(lines)
 
 
-def error_note(error: BaseException) -> str:
+def error_note(error: BaseException | str) -> str:
     return f"⚠️ {error}"
