@@ -11,6 +11,7 @@ Errors reach the client as `gradio_client.exceptions.AppError` carrying the same
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +19,10 @@ import gradio as gr
 
 from app.chat.generation import Piece
 from app.chat.scheduler import Cancelled, Failed, Finished, Waiting
-from app.engine import USER_ERRORS, ChatEngine, Retrieved, TurnOptions
+from app.engine import ChatEngine, Retrieved, TurnOptions
+from backbone.errors import report, shown
+
+log = logging.getLogger(__name__)
 
 
 def _citation(c: dict[str, Any]) -> dict[str, Any]:
@@ -36,10 +40,13 @@ def add_api(engine: ChatEngine) -> None:
     """Register the endpoints on the Blocks being built."""
 
     def guard(call: Any) -> Any:
+        """A `UserError`'s advice reaches the client as is; anything else is logged and reported as internal."""
         try:
             return call()
-        except USER_ERRORS as exc:
-            raise gr.Error(str(exc)) from None
+        except gr.Error:
+            raise
+        except Exception as exc:
+            raise gr.Error(report(exc, log, "API call")) from None
 
     def list_sessions() -> list[dict[str, Any]]:
         """Sessions, most recently changed first."""
@@ -104,8 +111,7 @@ def add_api(engine: ChatEngine) -> None:
                            "seconds": r.seconds, "state_tokens": r.state_tokens, "notice": r.notice}
                     return
                 elif isinstance(event, Failed):
-                    raise gr.Error(str(event.error) if isinstance(event.error, USER_ERRORS)
-                                   else f"The answer failed: {event.error}")
+                    raise gr.Error(shown(event.error))  # the model queue logged it (a bug with its traceback)
                 elif isinstance(event, Cancelled):
                     raise gr.Error("The turn was cancelled before it started; nothing was stored.")
                 else:
