@@ -7,13 +7,14 @@ from rich.console import Console
 from app.chat.generation import Piece
 from app.chat.scheduler import Cancelled, Failed, Finished, Waiting
 from app.config import Settings
+from backbone.errors import UserError, shown
 
 
 def run(settings: Settings, console: Console, *, model: str | None, collection: str | None, session_id: int | None,
         options: dict[str, object]) -> int:
     """The read-answer loop; returns the exit code. Ctrl-C during an answer stops it (the part written is kept)."""
     from app.chat.units import human_bytes
-    from app.engine import USER_ERRORS, ChatEngine, TurnOptions
+    from app.engine import ChatEngine, TurnOptions
 
     engine = ChatEngine(settings)
     try:
@@ -26,7 +27,7 @@ def run(settings: Settings, console: Console, *, model: str | None, collection: 
             if collection is not None:
                 info = engine.set_collection(session_id, collection or None)
         view = engine.open_session(info.id, model)
-    except USER_ERRORS as exc:
+    except UserError as exc:
         console.print(f"[red]{exc}")
         return 2
     if served.note:
@@ -46,7 +47,7 @@ def run(settings: Settings, console: Console, *, model: str | None, collection: 
             break
         try:
             ticket = engine.ask(info.id, message, turn_options)
-        except USER_ERRORS as exc:
+        except UserError as exc:
             console.print(f"[red]{exc}")
             continue
         console.print("[bold]rillet> ", end="")
@@ -71,7 +72,7 @@ def run(settings: Settings, console: Console, *, model: str | None, collection: 
                 if result.notice:
                     console.print(f"[yellow]{result.notice}")
             elif isinstance(event, Failed):
-                console.print(f"\n[red]{event.error}")
+                console.print(f"\n[red]{shown(event.error)}")  # the model queue logged a bug's traceback
             elif isinstance(event, Cancelled):
                 console.print("\n[yellow]Cancelled before it started; nothing was stored.")
     console.print(f"[dim]Session {info.id} saved; `rillet chat --session {info.id}` continues it.")
