@@ -53,10 +53,6 @@ class TurnRefused(InvalidRequest):
     """The turn cannot run as asked; the message says what to do. Nothing was sent or stored."""
 
 
-# Kept for callers of the old name: errors whose message is meant for the user are exactly `UserError`s.
-USER_ERRORS = (UserError,)
-
-
 @dataclass(frozen=True)
 class TurnOptions:
     top_k: int = 4
@@ -484,5 +480,5 @@ def _load_index(path: Path) -> Any:
     return VectorIndex.load(path)
 
 
-__all__ = ["USER_ERRORS", "ChatEngine", "Piece", "Retrieved", "SessionNotFoundError", "TurnOptions", "TurnRefused",
+__all__ = ["ChatEngine", "Piece", "Retrieved", "SessionNotFoundError", "TurnOptions", "TurnRefused",
            "TurnResult"]

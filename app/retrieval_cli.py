@@ -13,7 +13,6 @@ from rich.table import Table
 
 from app.config import Settings
 from app.database import open_database
-from backbone.errors import InvalidRequest
 from retrieval.indexer import IndexReport
 from retrieval.indexer import Progress as IndexProgress
 from retrieval.service import CollectionNotFoundError, Retrieval
@@ -36,7 +35,7 @@ def ensure_collection(retrieval: Retrieval, name: str, path: Path, ignore: list[
         retrieval.create_collection(name, [root], ignore)
         return
     if info.roots != [root]:
-        raise InvalidRequest(f"Collection {name!r} indexes {', '.join(info.roots)}, not {root}. Choose another "
+        raise ValueError(f"Collection {name!r} indexes {', '.join(info.roots)}, not {root}. Choose another "
                          f"--collection name, or delete it first with `rillet collections --delete {name}`.")
     if ignore and ignore != info.ignore:
         retrieval.set_ignore(name, ignore)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 from app.config import Settings
-from backbone.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
 
@@ -16,7 +15,7 @@ def parse_auth(auth: str | None) -> tuple[str, str] | None:
         return None
     user, sep, password = auth.partition(":")
     if not sep or not user or not password:
-        raise InvalidRequest("--auth takes user:password, both non-empty (for example --auth ada:s3cret).")
+        raise ValueError("--auth takes user:password, both non-empty (for example --auth ada:s3cret).")
     return user, password
 
 
