@@ -3,7 +3,8 @@
     engine = ChatEngine(settings)
     session = engine.create_session(collection="rillet")
     for event in engine.ask(session.id, "Where is the config loaded?"):
-        ...  # Waiting / Started / Retrieved / Piece (streamed text) / Finished(TurnResult) / Failed
+        ...  # Waiting / Started / Retrieved / Piece (streamed text) / Finished(TurnResult) / Failed: see
+             # app/chat/events.py, whose `follow` folds them into what to show
 
 For each turn, on the model's queue (app/chat/scheduler.py):
 1. retrieve the top-k passages of the session's collection, and the top-k earlier passages of this
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.chat.events import Retrieved
 from app.chat.generation import Answer, Piece, generation_steps
 from app.chat.models import ModelRegistry, ServedModel, shared_registry
 from app.chat.prompt import DEFAULT_SYSTEM_PROMPT, Recollection, Source, build_prompt
@@ -75,15 +77,6 @@ class TurnOptions:
         for ok, message in checks:
             if not ok:
                 raise TurnRefused(f"Invalid setting: {message}.")
-
-
-@dataclass(frozen=True)
-class Retrieved:
-    """The passages and recollections read into this turn's fork."""
-
-    sources: list[Source]
-    recalled: list[Recollection]
-    prompt_tokens: int
 
 
 @dataclass
