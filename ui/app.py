@@ -16,9 +16,8 @@ from typing import Any
 
 import gradio as gr
 
-from app.chat.generation import Piece
-from app.chat.scheduler import Cancelled, Failed, Finished, Waiting
-from app.engine import ChatEngine, Retrieved, SessionNotFoundError, TurnOptions
+from app.chat.events import follow
+from app.engine import ChatEngine, SessionNotFoundError, TurnOptions
 from backbone.errors import UserError, report, shown
 from ui import render
 from ui.api import add_api
@@ -228,17 +227,9 @@ class Page:
         history += [{"role": "user", "content": message}, {"role": "assistant", "content": "…"}]
         yield "", history, session_id, gr.update(choices=self.session_choices(), value=session_id), skip, "", \
             session_id
-        answer = ""
-        for event in ticket:
-            if isinstance(event, Waiting):
-                history[-1]["content"] = f"_Waiting for the model: {event.ahead + 1} turn(s) ahead of this one…_"
-            elif isinstance(event, Retrieved):
-                history[-1]["content"] = f"_Reading {len(event.sources)} passage(s)…_" if event.sources else "…"
-            elif isinstance(event, Piece) and event.text:
-                answer += event.text
-                history[-1]["content"] = answer
-            elif isinstance(event, Finished):
-                result = event.result
+        for turn in follow(ticket):
+            if turn.stage == "finished":
+                result = turn.result
                 notice = result.notice or ""
                 if changed_elsewhere:
                     notice = ("This session was also changed in another tab; all of its messages are shown. "
@@ -246,17 +237,16 @@ class Page:
                 yield (skip, render.chat_history(self.engine.messages(session_id)), session_id,
                        gr.update(choices=self.session_choices(), value=session_id),
                        self.status(model, result.state_tokens, result.state_bytes),
-                       render.error_note(Exception(notice)) if notice else "", skip)
+                       render.error_note(notice) if notice else "", skip)
                 return
-            elif isinstance(event, Failed | Cancelled):
+            if turn.stage in ("failed", "cancelled"):
                 # a failed turn was logged, with its traceback when it is a bug, by the model queue
-                note = shown(event.error) if isinstance(event, Failed) else "The turn was cancelled."
-                if isinstance(event, Failed) and not isinstance(event.error, UserError):
+                note = shown(turn.error) if turn.error is not None else "The turn was cancelled."
+                if turn.error is not None and not isinstance(turn.error, UserError):
                     note += " Your message is back in the box; try again."
                 yield message, history[:-2], session_id, skip, skip, render.error_note(note), skip
                 return
-            else:
-                continue
+            history[-1]["content"] = render.answer_so_far(turn)
             yield skip, history, skip, skip, skip, skip, skip
 
     def stop(self, session_id: int | None) -> str:
