@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from app.chat.generation import Piece
-from app.chat.scheduler import Cancelled, Failed, Finished, Waiting
+from app.chat.events import TurnProgress
 from app.config import Settings
 from backbone.errors import UserError, shown
 
@@ -51,29 +50,31 @@ def run(settings: Settings, console: Console, *, model: str | None, collection: 
             console.print(f"[red]{exc}")
             continue
         console.print("[bold]rillet> ", end="")
-        events = iter(ticket)
+        events, turn = iter(ticket), TurnProgress()
         while True:
             try:
-                event = next(events)
+                event = next(events)  # not events.follow: Ctrl-C here must not end the iteration
             except KeyboardInterrupt:
                 ticket.cancel()
                 continue
             except StopIteration:
                 break
-            if isinstance(event, Piece):
-                console.print(event.text, end="", markup=False, highlight=False, soft_wrap=True)
-            elif isinstance(event, Waiting):
-                console.print(f"[dim](waiting: {event.ahead + 1} ahead) ", end="")
-            elif isinstance(event, Finished):
-                result = event.result
+            if not turn.add(event):
+                continue
+            if turn.delta:
+                console.print(turn.delta, end="", markup=False, highlight=False, soft_wrap=True)
+            elif turn.stage == "waiting":
+                console.print(f"[dim](waiting: {(turn.ahead or 0) + 1} ahead) ", end="")
+            elif turn.stage == "finished":
+                result = turn.result
                 console.print(" [dim](stopped)" if result.stop_reason == "cancelled" else "")
                 if result.citations:
                     console.print("[dim]sources: " + ", ".join(c.citation for c in result.citations))
                 if result.notice:
                     console.print(f"[yellow]{result.notice}")
-            elif isinstance(event, Failed):
-                console.print(f"\n[red]{shown(event.error)}")  # the model queue logged a bug's traceback
-            elif isinstance(event, Cancelled):
+            elif turn.stage == "failed":
+                console.print(f"\n[red]{shown(turn.error)}")  # the model queue logged a bug's traceback
+            elif turn.stage == "cancelled":
                 console.print("\n[yellow]Cancelled before it started; nothing was stored.")
     console.print(f"[dim]Session {info.id} saved; `rillet chat --session {info.id}` continues it.")
     return 0
