@@ -15,9 +15,8 @@ QUESTION = "Where is the kettle's boiling point set?"
 INTERNAL = "⚠️ Internal error (KeyError), see the log. Your message is back in the box; try again."
 
 
-def ask_on_the_page(engine: Any, session_id: int) -> tuple[Any, ...]:
-    """The web page's handler for Send; its last output (message box, chat, session, sessions, status, notice,
-    remembered session)."""
+def ask_on_the_page(engine: Any, session_id: int) -> Any:
+    """The web page's handler for Send; its last output (`ui.app.Answering`)."""
     from ui.app import Page
 
     return list(Page(engine).respond(QUESTION, session_id, "", [], 0, 0.0, 8, "teacher"))[-1]
@@ -37,9 +36,9 @@ def test_a_bug_in_a_turn_is_logged_with_its_traceback_and_shown_as_an_internal_e
 
     monkeypatch.setattr(engine, "_retrieve", retrieve_with_a_bug)
     with caplog.at_level(logging.INFO):
-        message_box, _, _, _, _, notice, _ = ask_on_the_page(engine, session.id)
-    assert notice == INTERNAL and "never loaded" not in notice  # the bug's own words are for the log
-    assert message_box == QUESTION  # given back to send again
+        shown = ask_on_the_page(engine, session.id)
+    assert shown.notice == INTERNAL and "never loaded" not in shown.notice  # the bug's own words are for the log
+    assert shown.message == QUESTION  # given back to send again
     (logged,) = tracebacks(caplog)
     assert "retrieve_with_a_bug" in logged and "KeyError: 'the passages of a collection that was never loaded'" \
         in logged
@@ -57,8 +56,8 @@ def test_a_user_error_in_a_turn_is_shown_as_it_is_and_not_logged_as_a_bug(
 
     monkeypatch.setattr(engine, "_retrieve", refuse)
     with caplog.at_level(logging.INFO):
-        message_box, _, _, _, _, notice, _ = ask_on_the_page(engine, session.id)
-    assert notice == f"⚠️ {advice}" and message_box == QUESTION
+        shown = ask_on_the_page(engine, session.id)
+    assert shown.notice == f"⚠️ {advice}" and shown.message == QUESTION
     assert tracebacks(caplog) == []
 
 
