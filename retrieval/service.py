@@ -231,10 +231,7 @@ class Retrieval:
         vectors = store.vectors_for(hashes, [latest[i][0] for i in keys])
         with self.db.begin() as session:
             old_files = self._document_files(session, collection_id, keys)
-            old_chunks = [c for b in batched(list(old_files.values()))
-                          for c in session.scalars(select(Chunk.id).where(Chunk.file_id.in_(b)))]
-            for b in batched(list(old_files.values())):
-                session.execute(delete(File).where(File.id.in_(b)))
+            old_chunks = store.drop_chunks(session, list(old_files.values()), files=True)
             file_ids = session.scalars(insert(File).returning(File.id, sort_by_parameter_order=True), [
                 {"collection_id": collection_id, "root": 0, "path": i, "size": len(latest[i][0]),
                  "mtime": 0.0, "content_hash": h, "language": DOCUMENT, "status": "indexed"}
@@ -243,7 +240,7 @@ class Retrieval:
                 {"file_id": f, "ordinal": 0, "start_line": 1, "end_line": latest[i][0].count("\n") + 1,
                  "text": latest[i][0], "text_hash": h, "meta": latest[i][1] or {}}
                 for i, h, f in zip(keys, hashes, file_ids, strict=True)]).all()
-        self._apply(store, old_chunks, chunk_ids, vectors)
+        store.change_vectors(old_chunks, chunk_ids, vectors, save=True)
         return ids
 
     def get_documents(self, name: str, ids: Sequence[str]) -> list[tuple[str, str, dict[str, Any]]]:
@@ -261,11 +258,8 @@ class Retrieval:
         collection_id, store = self._documents_collection(name)
         with self.db.begin() as session:
             files = self._document_files(session, collection_id, list(ids))
-            chunks = [c for b in batched(list(files.values()))
-                      for c in session.scalars(select(Chunk.id).where(Chunk.file_id.in_(b)))]
-            for b in batched(list(files.values())):
-                session.execute(delete(File).where(File.id.in_(b)))
-        self._apply(store, chunks, [], np.zeros((0, 1), dtype=np.float32))
+            chunks = store.drop_chunks(session, list(files.values()), files=True)
+        store.change_vectors(chunks, save=True)
         return len(files)
 
     def _documents_collection(self, name: str) -> tuple[int, CollectionStore]:
@@ -283,15 +277,6 @@ class Retrieval:
     def _document_files(session: Session, collection_id: int, ids: list[str]) -> dict[str, int]:
         return {path: file_id for b in batched(ids) for file_id, path in session.execute(
             select(File.id, File.path).where(File.collection_id == collection_id, File.path.in_(b)))}
-
-    @staticmethod
-    def _apply(store: CollectionStore, removed: list[int], added: Sequence[int], vectors: np.ndarray) -> None:
-        with store.lock:
-            index = store.vectors()
-            index.remove(np.array(removed, dtype=np.int64))
-            index.add(np.array(added, dtype=np.int64), vectors)
-            store.save_vectors()
-            store.forget_bm25()
 
     # --- plumbing --------------------------------------------------------------------------------
     @staticmethod

@@ -12,12 +12,12 @@ import fcntl
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from backbone.errors import UserError
@@ -28,6 +28,7 @@ from retrieval.embedding_cache import EmbeddingCache, batched
 from retrieval.vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
+EMBED_SLICE = 256  # texts per embedding call (longest first), so progress moves while a pool embeds
 
 
 class CollectionBusyError(UserError, RuntimeError):
@@ -68,6 +69,35 @@ class CollectionStore:
                 rows = [r for batch in batched(ids.tolist()) for r in session.execute(query.where(Chunk.id.in_(batch)))]
         return [(i, h, embed_text(header, text)) for i, h, header, text in rows]
 
+    @staticmethod
+    def drop_chunks(session: Session, file_ids: Sequence[int], *, files: bool) -> list[int]:
+        """In the caller's transaction: delete these files' chunks (`files=False`: the file rows stay, to be
+        updated) or the files themselves with their chunks (`files=True`). Returns the chunk ids, which
+        `change_vectors` then takes out of the vector index once the transaction committed."""
+        chunk_ids = [i for b in batched(list(file_ids))
+                     for i in session.scalars(select(Chunk.id).where(Chunk.file_id.in_(b)))]
+        if files:
+            for b in batched(list(file_ids)):
+                session.execute(delete(File).where(File.id.in_(b)))  # their chunks go with them (ON DELETE CASCADE)
+        else:
+            for b in batched(chunk_ids):
+                session.execute(delete(Chunk).where(Chunk.id.in_(b)))
+        return chunk_ids
+
+    def change_vectors(self, removed: Sequence[int], added: Sequence[int] = (), vectors: np.ndarray | None = None,
+                       *, save: bool = False) -> None:
+        """The catalog change that `drop_chunks` (and inserting chunks) made, applied to the vector index
+        after its transaction committed: the catalog is the truth, and a crash between the two is mended by
+        `vectors()` on the next load. `save`: write the index now, and let the keyword index reload."""
+        with self.lock:
+            index = self.vectors()
+            index.remove(np.array(removed, dtype=np.int64))
+            if len(added):
+                index.add(np.array(added, dtype=np.int64), vectors)
+            if save:
+                self.save_vectors()
+                self.forget_bm25()
+
     # --- vectors ---------------------------------------------------------------------------------
     def vectors(self) -> VectorIndex:
         """The collection's vector index, loaded (again if another process rewrote it) and repaired."""
@@ -106,15 +136,20 @@ class CollectionStore:
             index.add(np.array([i for i, _, _ in rows], dtype=np.int64), vectors)
         return True
 
-    def vectors_for(self, hashes: list[str], texts: list[str]) -> np.ndarray:
-        """Vectors for these texts: from the cache, embedding (and caching) only what it lacks."""
+    def vectors_for(self, hashes: list[str], texts: list[str],
+                    embedded: Callable[[int], None] | None = None) -> np.ndarray:
+        """Vectors for these texts: from the cache, embedding (and caching) only what it lacks, longest first,
+        EMBED_SLICE texts at a time; `embedded(n)` after each slice."""
         found = self.cache.get(hashes) if self.cache is not None else {}
-        todo = {h: t for h, t in zip(hashes, texts, strict=True) if h not in found}
-        if todo:
-            fresh = dict(zip(todo, self.embedder.embed(list(todo.values())), strict=True))
+        todo = sorted({h: t for h, t in zip(hashes, texts, strict=True) if h not in found}.items(),
+                      key=lambda item: -len(item[1]))
+        for part in batched(todo, EMBED_SLICE):
+            fresh = dict(zip([h for h, _ in part], self.embedder.embed([t for _, t in part]), strict=True))
             if self.cache is not None:
                 self.cache.put(fresh)
             found.update(fresh)
+            if embedded is not None:
+                embedded(len(part))
         if not hashes:
             return np.zeros((0, self._dim()), dtype=np.float32)
         return np.stack([found[h] for h in hashes]).astype(np.float32)
