@@ -250,13 +250,7 @@ class ChatEngine:
 
         path = allowed_folder(folder, self.settings.roots)
         name = (name or "").strip() or path.name or "root"
-        try:
-            info = self.retrieval.get_collection(name)
-            if [str(path)] != info.roots:
-                raise InvalidRequest(f"A collection named {name!r} already indexes {', '.join(info.roots)}; "
-                                 "choose another name for this folder.")
-        except CollectionNotFoundError:
-            self.retrieval.create_collection(name, [path])
+        self.retrieval.ensure_collection(name, path)
         return self.retrieval.index(name, progress=progress)
 
     def index_project_docs(self, progress: Any = None) -> Any:

@@ -54,6 +54,15 @@ class CollectionNotFoundError(UserError, LookupError):
     """No collection has this name (deleted, or never created)."""
 
 
+class CollectionElsewhereError(InvalidRequest):
+    """A collection of this name exists already over other folders (`roots`) than the one asked for (`root`)."""
+
+    def __init__(self, name: str, roots: list[str], root: str) -> None:
+        super().__init__(f"A collection named {name!r} already indexes {', '.join(roots)}; choose another name "
+                         "for this folder.")
+        self.name, self.roots, self.root = name, roots, root
+
+
 @dataclass(frozen=True)
 class CollectionInfo:
     name: str
@@ -98,6 +107,21 @@ class Retrieval:
                 raise InvalidRequest(f"A collection named {name!r} exists already; choose another name or delete it.")
             session.add(Collection(name=name, roots=resolved, ignore=list(ignore), embedding_model=self.embedder.name))
         return self.get_collection(name)
+
+    def ensure_collection(self, name: str, root: Path | str, ignore: Sequence[str] | None = None) -> CollectionInfo:
+        """The collection `name` over the one folder `root`: created when missing; an existing one must index
+        that same folder (`CollectionElsewhereError` otherwise). `ignore`, when given, replaces its patterns."""
+        folder = str(Path(root).expanduser().resolve())
+        try:
+            info = self.get_collection(name)
+        except CollectionNotFoundError:
+            return self.create_collection(name, [folder], ignore or ())
+        if info.roots != [folder]:
+            raise CollectionElsewhereError(name, info.roots, folder)
+        if ignore and list(ignore) != info.ignore:
+            self.set_ignore(name, ignore)
+            info = self.get_collection(name)
+        return info
 
     def get_collection(self, name: str) -> CollectionInfo:
         with self.db() as session:
