@@ -33,6 +33,7 @@ from app.chat.models import ModelRegistry, ServedModel, shared_registry
 from app.chat.prompt import DEFAULT_SYSTEM_PROMPT, Recollection, Source, build_prompt
 from app.chat.scheduler import Ticket
 from app.config import Settings
+from app.database import open_database
 from backbone.errors import InvalidRequest, UserError
 from memory.errors import SessionConflictError, SessionNotFoundError
 from memory.recall import SessionRecall
@@ -124,7 +125,7 @@ class ChatEngine:
         self.settings = settings
         settings.ensure_dirs()
         self.registry = registry or shared_registry(settings)
-        database = None if store is not None and retrieval is not None else open_chat_database(settings.db_url)
+        database = None if store is not None and retrieval is not None else open_database(settings.db_url)
         self.store = store or SessionStore(database)
         self.retrieval = retrieval or Retrieval(database, settings.indexes)
         self.recall = SessionRecall(self.store, self.retrieval.embedder, settings.data_dir / "recall",
@@ -157,17 +158,9 @@ class ChatEngine:
     def set_collection(self, session_id: int, collection: str | None) -> SessionInfo:
         """Which collection the session's questions search (None: none). Not part of the transcript, so
         the session's version (and its saved state) stay as they are."""
-        from sqlalchemy import update
-
-        from memory.db import make_sessionmaker
-        from memory.models import ChatSession
-
         if collection:
             self.retrieval.get_collection(collection)
-        self.store.get(session_id)
-        with make_sessionmaker(self.store.engine).begin() as db:
-            db.execute(update(ChatSession).where(ChatSession.id == session_id).values(collection=collection or None))
-        return self.store.get(session_id)
+        return self.store.set_collection(session_id, collection)
 
     def delete_session(self, session_id: int) -> None:
         self.cancel(session_id)
@@ -413,27 +406,6 @@ class ChatEngine:
         with self._tickets_lock:
             for ticket in self._tickets:
                 ticket.cancel()
-
-
-def open_chat_database(url: str) -> Any:
-    """The migrated database; an in-memory SQLite one (`sqlite://`, for a throwaway chat) is a single
-    connection shared by every thread, migrated on that connection, since each new one would be empty."""
-    from app.database import open_database
-
-    if url not in ("sqlite://", "sqlite:///:memory:"):
-        return open_database(url)
-    from alembic import command
-    from sqlalchemy.pool import StaticPool
-
-    from app.database import alembic_config
-    from memory.db import make_engine
-
-    database = make_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
-    with database.begin() as connection:
-        config = alembic_config(url)
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
-    return database
 
 
 def project_docs_folder() -> Path | None:
