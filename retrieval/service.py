@@ -30,7 +30,7 @@ from backbone.errors import InvalidRequest, UserError
 from memory.db import make_sessionmaker, utcnow
 from retrieval.catalog import Chunk, Collection, File
 from retrieval.chunking import Chunker
-from retrieval.embedder import Embedder, SentenceEmbedder, count_tokens, text_hash
+from retrieval.embedder import Embedder, SentenceEmbedder, text_hash
 from retrieval.embedding_cache import EmbeddingCache, batched
 from retrieval.indexer import Indexer, IndexReport, Progress
 from retrieval.search import (
@@ -81,10 +81,8 @@ class Retrieval:
         self.db = db if isinstance(db, sessionmaker) else make_sessionmaker(db)
         self.index_dir = Path(index_dir).expanduser()
         self.embedder: Embedder = embedder or SentenceEmbedder()
-        self.cache = EmbeddingCache(self.db, self.embedder.name) \
-            if getattr(self.embedder, "cacheable", False) else None
-        self.chunker = Chunker(getattr(self.embedder, "count_tokens", count_tokens),
-                               max_tokens=getattr(self.embedder, "max_tokens", 256))
+        self.cache = EmbeddingCache(self.db, self.embedder.name) if self.embedder.cacheable else None
+        self.chunker = Chunker(self.embedder.count_tokens, max_tokens=self.embedder.max_tokens)
         self.max_file_bytes = max_file_bytes
         self._stores: dict[int, CollectionStore] = {}
         self._stores_lock = threading.Lock()
@@ -240,8 +238,7 @@ class Retrieval:
         return ids[0][keep].tolist(), scores[0][keep].tolist()
 
     def _embed_query(self, query: str) -> np.ndarray:
-        embed_query = getattr(self.embedder, "embed_query", None)
-        return np.asarray(embed_query(query) if embed_query else self.embedder.embed([query])[0], dtype=np.float32)
+        return np.asarray(self.embedder.embed_query(query), dtype=np.float32)
 
     # --- documents added through the API ---------------------------------------------------------
     def add_documents(self, name: str, documents: Sequence[tuple[str | None, str, dict[str, Any] | None]]) -> list[str]:

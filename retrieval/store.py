@@ -118,8 +118,7 @@ class CollectionStore:
             return self._vectors
 
     def _dim(self) -> int:
-        dim = getattr(self.embedder, "dim", None)
-        return int(dim) if dim else int(self.embedder.embed(["dimension probe"]).shape[1])
+        return int(self.embedder.dim)
 
     def _repair(self, index: VectorIndex) -> bool:
         catalog, stored = self.catalog_ids(), np.sort(index.ids())
