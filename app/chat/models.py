@@ -9,11 +9,14 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from app.chat.scheduler import Scheduler
 from app.config import Settings
 from backbone.errors import InvalidRequest, StudentNotTrained, StudentUnavailable
+
+if TYPE_CHECKING:  # a type only: importing this module stays cheap (torch loads with the first model)
+    from backbone.generate import LanguageModel
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +28,7 @@ MODEL_NAMES: tuple[ModelName, ...] = ("teacher", "student")
 class ServedModel:
     """A loaded model and the story of how it was chosen."""
 
-    model: object  # backbone.generate.LanguageModel (kept untyped so importing this stays cheap)
+    model: LanguageModel
     requested: ModelName
     name: ModelName
     device: str
@@ -49,7 +52,7 @@ class ModelRegistry:
         self._served: dict[ModelName, ServedModel] = {}
         self._lock = threading.Lock()
 
-    def adopt(self, name: ModelName, model: object) -> None:
+    def adopt(self, name: ModelName, model: LanguageModel) -> None:
         """Serve an already loaded model under `name` (tests share one loaded teacher this way)."""
         with self._lock:
             self._served[name] = ServedModel(model, name, name, str(getattr(model, "device", "cpu")))
