@@ -39,8 +39,9 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
+# `make bench` lists the benchmarks; `make bench BENCH=teacher` runs one (BENCH=all: every one, for hours).
 bench: install
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -11,6 +11,7 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
+from sqlalchemy.pool import StaticPool
 
 import memory.models  # noqa: F401  (every table on the shared metadata)
 import retrieval.catalog  # noqa: F401
@@ -64,7 +65,20 @@ def schema_drift(engine: Engine) -> list[object]:
         return compare_metadata(ctx, Base.metadata)
 
 
+IN_MEMORY = ("sqlite://", "sqlite:///:memory:")
+
+
 def open_database(url: str) -> Engine:
-    """Upgrade to the newest schema, then return an engine: what the app does at start-up."""
-    upgrade(url)
-    return make_engine(url)
+    """Upgrade to the newest schema, then return an engine: what the app does at start-up.
+
+    An in-memory SQLite database (`sqlite://`, for a throwaway chat) is one connection shared by every
+    thread and migrated on that connection, since each new connection would be a new, empty database."""
+    if url not in IN_MEMORY:
+        upgrade(url)
+        return make_engine(url)
+    engine = make_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
+    with engine.begin() as connection:
+        config = alembic_config(url)
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+    return engine

@@ -3,7 +3,8 @@
     engine = ChatEngine(settings)
     session = engine.create_session(collection="rillet")
     for event in engine.ask(session.id, "Where is the config loaded?"):
-        ...  # Waiting / Started / Retrieved / Piece (streamed text) / Finished(TurnResult) / Failed
+        ...  # Waiting / Started / Retrieved / Piece (streamed text) / Finished(TurnResult) / Failed: see
+             # app/chat/events.py, whose `follow` folds them into what to show
 
 For each turn, on the model's queue (app/chat/scheduler.py):
 1. retrieve the top-k passages of the session's collection, and the top-k earlier passages of this
@@ -26,13 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.chat.folders import FolderNotAllowedError
+from app.chat.events import Retrieved
 from app.chat.generation import Answer, Piece, generation_steps
 from app.chat.models import ModelRegistry, ServedModel, shared_registry
 from app.chat.prompt import DEFAULT_SYSTEM_PROMPT, Recollection, Source, build_prompt
 from app.chat.scheduler import Ticket
 from app.config import Settings
-from memory.errors import InvalidTranscriptError, SessionConflictError, SessionNotFoundError
+from app.database import open_database
+from backbone.errors import InvalidRequest, UserError
+from memory.errors import SessionConflictError, SessionNotFoundError
 from memory.recall import SessionRecall
 from memory.records import ChatMessage, LoadedSession, SessionInfo
 from memory.sessions import SessionStore
@@ -49,13 +52,8 @@ STOPPED_NOTE = "\n\n_(stopped)_"
 DOCS_COLLECTION = "rillet-docs"
 
 
-class TurnRefused(ValueError):
+class TurnRefused(InvalidRequest):
     """The turn cannot run as asked; the message says what to do. Nothing was sent or stored."""
-
-
-# Errors whose message is meant for the user as is (what to do next); anything else is a bug to log.
-USER_ERRORS = (TurnRefused, SessionNotFoundError, SessionConflictError, InvalidTranscriptError,
-               CollectionNotFoundError, FolderNotAllowedError, ValueError, FileNotFoundError)
 
 
 @dataclass(frozen=True)
@@ -80,15 +78,6 @@ class TurnOptions:
         for ok, message in checks:
             if not ok:
                 raise TurnRefused(f"Invalid setting: {message}.")
-
-
-@dataclass(frozen=True)
-class Retrieved:
-    """The passages and recollections read into this turn's fork."""
-
-    sources: list[Source]
-    recalled: list[Recollection]
-    prompt_tokens: int
 
 
 @dataclass
@@ -136,7 +125,7 @@ class ChatEngine:
         self.settings = settings
         settings.ensure_dirs()
         self.registry = registry or shared_registry(settings)
-        database = None if store is not None and retrieval is not None else open_chat_database(settings.db_url)
+        database = None if store is not None and retrieval is not None else open_database(settings.db_url)
         self.store = store or SessionStore(database)
         self.retrieval = retrieval or Retrieval(database, settings.indexes)
         self.recall = SessionRecall(self.store, self.retrieval.embedder, settings.data_dir / "recall",
@@ -169,17 +158,9 @@ class ChatEngine:
     def set_collection(self, session_id: int, collection: str | None) -> SessionInfo:
         """Which collection the session's questions search (None: none). Not part of the transcript, so
         the session's version (and its saved state) stay as they are."""
-        from sqlalchemy import update
-
-        from memory.db import make_sessionmaker
-        from memory.models import ChatSession
-
         if collection:
             self.retrieval.get_collection(collection)
-        self.store.get(session_id)
-        with make_sessionmaker(self.store.engine).begin() as db:
-            db.execute(update(ChatSession).where(ChatSession.id == session_id).values(collection=collection or None))
-        return self.store.get(session_id)
+        return self.store.set_collection(session_id, collection)
 
     def delete_session(self, session_id: int) -> None:
         self.cancel(session_id)
@@ -204,7 +185,7 @@ class ChatEngine:
             path.write_text(json.dumps(self.store.export_json(session_id), indent=1, ensure_ascii=False),
                             encoding="utf-8")
         else:
-            raise ValueError(f"Unknown export format {fmt!r}; use json or markdown.")
+            raise InvalidRequest(f"Unknown export format {fmt!r}; use json or markdown.")
         return path
 
     def import_session(self, data: str | bytes) -> SessionInfo:
@@ -262,13 +243,7 @@ class ChatEngine:
 
         path = allowed_folder(folder, self.settings.roots)
         name = (name or "").strip() or path.name or "root"
-        try:
-            info = self.retrieval.get_collection(name)
-            if [str(path)] != info.roots:
-                raise ValueError(f"A collection named {name!r} already indexes {', '.join(info.roots)}; "
-                                 "choose another name for this folder.")
-        except CollectionNotFoundError:
-            self.retrieval.create_collection(name, [path])
+        self.retrieval.ensure_collection(name, path)
         return self.retrieval.index(name, progress=progress)
 
     def index_project_docs(self, progress: Any = None) -> Any:
@@ -276,7 +251,7 @@ class ChatEngine:
         application's own, so it is read whatever the allowed roots are."""
         folder = project_docs_folder()
         if folder is None:
-            raise FileNotFoundError("Rillet's own documentation is not on this machine (installed without the "
+            raise UserError("Rillet's own documentation is not on this machine (installed without the "
                                     "repository); index a folder of yours instead.")
         try:
             self.retrieval.get_collection(DOCS_COLLECTION)
@@ -433,27 +408,6 @@ class ChatEngine:
                 ticket.cancel()
 
 
-def open_chat_database(url: str) -> Any:
-    """The migrated database; an in-memory SQLite one (`sqlite://`, for a throwaway chat) is a single
-    connection shared by every thread, migrated on that connection, since each new one would be empty."""
-    from app.database import open_database
-
-    if url not in ("sqlite://", "sqlite:///:memory:"):
-        return open_database(url)
-    from alembic import command
-    from sqlalchemy.pool import StaticPool
-
-    from app.database import alembic_config
-    from memory.db import make_engine
-
-    database = make_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
-    with database.begin() as connection:
-        config = alembic_config(url)
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
-    return database
-
-
 def project_docs_folder() -> Path | None:
     """Rillet's repository, when the app runs from a checkout (its README and notes)."""
     root = Path(__file__).resolve().parents[1]
@@ -485,5 +439,5 @@ def _load_index(path: Path) -> Any:
     return VectorIndex.load(path)
 
 
-__all__ = ["USER_ERRORS", "ChatEngine", "Piece", "Retrieved", "SessionNotFoundError", "TurnOptions", "TurnRefused",
+__all__ = ["ChatEngine", "Piece", "Retrieved", "SessionNotFoundError", "TurnOptions", "TurnRefused",
            "TurnResult"]

@@ -17,8 +17,8 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field
 
-from app.chat.generation import Answer, Piece, generation_steps
-from app.chat.scheduler import Failed, Finished
+from app.chat.events import Piece, follow
+from app.chat.generation import Answer, generation_steps
 
 ROLES = {"system": "system", "human": "user", "ai": "assistant"}
 
@@ -93,13 +93,15 @@ class ChatRillet(BaseChatModel):
         ticket = registry.scheduler.submit(
             lambda t: generation_steps(model, prompt, model.new_state(), sampling, t, stops))
         try:
-            for event in ticket:
-                if isinstance(event, Piece) and event.text:
-                    yield event
-                elif isinstance(event, Finished):
-                    yield event.result
-                elif isinstance(event, Failed):
-                    raise event.error
+            for turn in follow(ticket):
+                if turn.delta:
+                    yield Piece(turn.delta)
+                elif turn.stage == "finished":
+                    yield turn.result
+                elif turn.stage == "failed":
+                    raise turn.error  # as it was raised: a UserError's advice, or a bug for the caller to see
+                elif turn.stage == "cancelled":
+                    raise RuntimeError("The model queue shut down before this generation started.")
         finally:
             ticket.cancel()  # the caller stopped reading: free the model for the next one
 

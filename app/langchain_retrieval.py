@@ -26,7 +26,7 @@ from pydantic import ConfigDict
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from retrieval.embedder import SentenceEmbedder
+from retrieval.embedder import SentenceEmbedder, count_tokens
 from retrieval.search import Hit
 from retrieval.service import CollectionNotFoundError, Retrieval
 
@@ -46,9 +46,11 @@ class RilletEmbeddings(Embeddings):
 
 class EmbeddingsAdapter:
     """Any LangChain `Embeddings` as a Rillet embedder; vectors are normalised so that the index's inner
-    product is cosine similarity. Not cached by text: the model behind it is unknown."""
+    product is cosine similarity. Not cached by text: the model behind it is unknown. Its tokenizer is
+    unknown too, so chunks are measured and cut as for all-MiniLM-L6-v2 (256 of its tokens)."""
 
     cacheable = False
+    max_tokens = 256
 
     def __init__(self, embeddings: Embeddings) -> None:
         self.embeddings = embeddings
@@ -65,6 +67,9 @@ class EmbeddingsAdapter:
 
     def embed_query(self, text: str) -> np.ndarray:
         return _normalised(np.asarray([self.embeddings.embed_query(text)], dtype=np.float32))[0]
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return count_tokens(texts)
 
 
 def _normalised(vectors: np.ndarray) -> np.ndarray:

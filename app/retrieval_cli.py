@@ -15,7 +15,7 @@ from app.config import Settings
 from app.database import open_database
 from retrieval.indexer import IndexReport
 from retrieval.indexer import Progress as IndexProgress
-from retrieval.service import CollectionNotFoundError, Retrieval
+from retrieval.service import CollectionElsewhereError, Retrieval
 
 MiB = 1 << 20
 
@@ -27,18 +27,12 @@ def open_retrieval(settings: Settings, max_file_mb: float | None = None) -> Retr
 
 
 def ensure_collection(retrieval: Retrieval, name: str, path: Path, ignore: list[str]) -> None:
-    """Create the collection over `path`, or check that an existing one indexes that same folder."""
-    root = str(path.expanduser().resolve())
+    """`Retrieval.ensure_collection`, with the command line's advice when the name is taken."""
     try:
-        info = retrieval.get_collection(name)
-    except CollectionNotFoundError:
-        retrieval.create_collection(name, [root], ignore)
-        return
-    if info.roots != [root]:
-        raise ValueError(f"Collection {name!r} indexes {', '.join(info.roots)}, not {root}. Choose another "
-                         f"--collection name, or delete it first with `rillet collections --delete {name}`.")
-    if ignore and ignore != info.ignore:
-        retrieval.set_ignore(name, ignore)
+        retrieval.ensure_collection(name, path, ignore)
+    except CollectionElsewhereError as exc:
+        raise ValueError(f"Collection {name!r} indexes {', '.join(exc.roots)}, not {exc.root}. Choose another "
+                         f"--collection name, or delete it first with `rillet collections --delete {name}`.") from None
 
 
 @contextmanager

@@ -11,12 +11,14 @@ from typing import Self
 import torch
 
 from backbone.config import ModelConfig
+from backbone.errors import UserError
 
 MIN_CAPACITY = 256
 
 
-class ContextOverflowError(ValueError):
-    """Raised before any work when tokens would not fit in the model's context window."""
+class ContextOverflowError(UserError, ValueError):
+    """Raised before any work when tokens would not fit in the model's context window (the user can start a
+    new conversation or shorten the input)."""
 
 
 class LayerKV:

@@ -25,8 +25,9 @@ from backbone.generate import LanguageModel
 from backbone.gguf import find_gguf, read_gguf
 from backbone.hf_folder import read_hf_folder
 from backbone.kv_cache import KVCache
-from backbone.model import Transformer
+from backbone.model import Transformer, build_transformer
 from backbone.quantize import CALIBRATION_TOKENS, apply_precision, calibration_text, resolve_precision
+from backbone.student import load_student
 from backbone.tokenizer import ChatTokenizer
 
 log = logging.getLogger(__name__)
@@ -72,19 +73,6 @@ def gguf_to_state_dict(tensors: dict[str, torch.Tensor], config: ModelConfig) ->
         elif stem != "rope_freqs":
             raise ValueError(f"Unexpected tensor {name} in the GGUF file.")
     return state
-
-
-def build_transformer(config: ModelConfig, weights: dict[str, torch.Tensor]) -> Transformer:
-    """A `Transformer` that uses `weights` in place (no random initialisation, no copy)."""
-    with torch.device("meta"):
-        model = Transformer(config)
-    weights = dict(weights)
-    if config.tie_embeddings:
-        weights["lm_head.weight"] = weights["embed.weight"]
-    model.load_state_dict(weights, strict=True, assign=True)
-    if config.tie_embeddings:
-        model.lm_head.weight = model.embed.weight
-    return model.eval()
 
 
 def _cache_folder(cache_dir: Path, gguf_path: Path) -> Path:
@@ -205,10 +193,6 @@ def load_model(kind: Literal["teacher", "student"] = "teacher", gguf_path: Path 
     if kind == "teacher":
         model = load_teacher(gguf_path, cache_dir, device, dtype, model_dir)
     elif kind == "student":
-        try:
-            from backbone.student import load_student
-        except ImportError as exc:
-            raise ValueError("The student model is not available in this build; use --model teacher.") from exc
         teacher = load_teacher(gguf_path, cache_dir, device, dtype, model_dir)
         model = load_student(teacher, student_path=student_path, device=device)
     else:

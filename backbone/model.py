@@ -236,3 +236,16 @@ class Transformer(nn.Module):
             x = x[:, -1:]
         x = self.norm(x)
         return x if hidden_only else self.lm_head(x)
+
+
+def build_transformer(config: ModelConfig, weights: dict[str, torch.Tensor]) -> Transformer:
+    """A `Transformer` that uses `weights` in place (no random initialisation, no copy)."""
+    with torch.device("meta"):
+        model = Transformer(config)
+    weights = dict(weights)
+    if config.tie_embeddings:
+        weights["lm_head.weight"] = weights["embed.weight"]
+    model.load_state_dict(weights, strict=True, assign=True)
+    if config.tie_embeddings:
+        model.lm_head.weight = model.embed.weight
+    return model.eval()

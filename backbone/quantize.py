@@ -25,13 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from backbone.errors import InvalidRequest
+
 log = logging.getLogger(__name__)
 
 Precision = Literal["int8", "bf16", "fp32"]
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 
 
-class PrecisionError(ValueError):
+class PrecisionError(InvalidRequest):
     """A precision that cannot run here (the user picks another)."""
 
 

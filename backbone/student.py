@@ -32,10 +32,10 @@ from torch import nn
 
 from backbone.attention import HybridAttention, RecurrentState, StateSpec
 from backbone.attention.state import LayerWindow, as_heads, window_text
+from backbone.errors import InvalidRequest, StudentNotTrained, StudentUnavailable
 from backbone.generate import LanguageModel
-from backbone.loader import build_transformer
 from backbone.lora import LoRALinear, wrap_linears
-from backbone.model import Rope, SoftmaxAttention, Transformer
+from backbone.model import Rope, SoftmaxAttention, Transformer, build_transformer
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ DEFAULT_STUDENT = CHECKPOINTS / "smollm2-135m-hybrid.safetensors"
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
-class WindowError(ValueError):
+class WindowError(InvalidRequest):
     """A softmax window setting that cannot apply (bad spec, or a layer the model lacks)."""
 
 
@@ -220,7 +220,7 @@ def read_student_file(path: Path) -> tuple[StudentConfig, dict[str, torch.Tensor
     with safe_open(str(path), "pt") as handle:
         metadata = handle.metadata() or {}
     if "student_config" not in metadata:
-        raise ValueError(f"{path} is not a student parameter file (no student_config in its metadata).")
+        raise StudentUnavailable(f"{path} is not a student parameter file (no student_config in its metadata).")
     return StudentConfig.from_json(metadata["student_config"]), load_file(str(path)), metadata
 
 
@@ -232,25 +232,26 @@ def load_student(teacher_model: LanguageModel, student_path: Path | None = None,
     windows have no parameters)."""
     path = Path(student_path) if student_path is not None else DEFAULT_STUDENT
     if not path.is_file():
-        raise FileNotFoundError(f"No trained student parameters at {path}. Train them with `rillet convert`, "
+        raise StudentNotTrained(f"No trained student parameters at {path}. Train them with `rillet convert`, "
                                 "or use the teacher (--model teacher).")
     digest = file_sha256(path)
     manifest = path.with_suffix(".json")
     if expected_sha256 is None and manifest.is_file():
         expected_sha256 = json.loads(manifest.read_text()).get("sha256")
     if expected_sha256 is not None and digest != expected_sha256:
-        raise ValueError(f"{path} has sha256 {digest[:12]}…, its manifest expects {expected_sha256[:12]}…: "
+        raise StudentUnavailable(f"{path} has sha256 {digest[:12]}…, its manifest expects {expected_sha256[:12]}…: "
                          "the file is damaged or was replaced; restore it from the repository.")
     config, tensors, metadata = read_student_file(path)
     if window is not None:
         config = config.with_window(window)
     if metadata.get("teacher_fingerprint") not in (None, teacher_model.fingerprint):
-        raise ValueError("These student parameters were trained on another teacher model file; "
+        raise StudentUnavailable("These student parameters were trained on another teacher model file; "
                          "convert again for this one (rillet convert).")
     student = build_student(teacher_model.model, config)
     missing = set(trainable_parameters(student)) - set(tensors)
     if missing:
-        raise ValueError(f"{path} lacks parameters {sorted(missing)[:3]}…")
+        raise StudentUnavailable(f"{path} lacks parameters {sorted(missing)[:3]}…; export them again "
+                                 "(rillet convert --stage export) or restore the file from the repository.")
     student.load_state_dict(tensors, strict=False)
     for module in student.modules():
         if isinstance(module, LoRALinear):

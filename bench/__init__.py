@@ -1,7 +1,22 @@
 """Benchmarks: each script prints a table, compares with a baseline measured in the same run and writes
 its results under bench/results/."""
 
+import os
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_file(relative: str) -> Path:
+    """A file of the shared evaluation data: RILLET_SHARED_DATA, by default `../shared/data` beside the
+    repository (WikiText-2 in text/, the Paul Graham essays in niah/, CoSQA in cosqa/). A clone has none of
+    it, so when the file is absent the benchmark stops, naming the file and where it was looked for."""
+    root = Path(os.environ.get("RILLET_SHARED_DATA", REPO.parent / "shared" / "data")).resolve()
+    path = root / relative
+    if not path.is_file():
+        raise SystemExit(f"This benchmark reads {relative} from the shared evaluation data, and {path} is "
+                         "missing. Set RILLET_SHARED_DATA to the folder that holds it (text/, niah/, cosqa/).")
+    return path
 
 
 def write_keeping_notes(path: Path, lines: list[str]) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,16 +24,13 @@ from tqdm import tqdm
 
 from backbone.attention import HybridAttention, chunked_linear_attention, make_feature_map
 from backbone.attention.non_causal import FNet, Linformer
+from bench import shared_file
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results" / "approximation.md"
 TEXT = "text/wikitext2_valid.txt"
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def shared_data() -> Path:
-    return Path(os.environ.get("RILLET_SHARED_DATA", REPO.parent / "shared" / "data")).resolve()
 
 
 def capture_activations(model, ids: torch.Tensor) -> list[dict[str, torch.Tensor]]:
@@ -85,7 +81,7 @@ def run(sequences: int, length: int) -> str:
     from backbone.loader import load_model
 
     teacher = load_model("teacher", cache_dir=REPO / ".data" / "cache")
-    text = (shared_data() / TEXT).read_text(encoding="utf-8")
+    text = shared_file(TEXT).read_text(encoding="utf-8")
     ids = teacher.tokenizer.encode(text[: 8 * length * sequences])
     if len(ids) < sequences * length:
         raise ValueError(f"{TEXT} gave only {len(ids)} tokens; need {sequences * length}")

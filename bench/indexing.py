@@ -88,7 +88,7 @@ def rillet_index(retrieval, name: str) -> tuple[Run, object]:  # type: ignore[no
     wall, cpu = time.perf_counter(), time.process_time()
     report = retrieval.index(name)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    with retrieval.sessions() as session:
+    with retrieval.db() as session:
         texts = [f"{h}\n{t}" for h, t in session.execute(select(Chunk.header, Chunk.text))] if report.embedded else []
     tokens, lost = model_tokens(texts)
     run = Run("Rillet (Retrieval.index)", report.indexed, report.chunks_added, tokens, lost, wall, cpu,

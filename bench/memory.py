@@ -37,7 +37,7 @@ import torch
 
 from backbone.generate import LanguageModel
 from backbone.loader import load_model
-from bench import write_keeping_notes
+from bench import shared_file, write_keeping_notes
 from memory.codec import CodecOptions
 from memory.db import make_engine
 from memory.records import ChatMessage
@@ -52,12 +52,8 @@ CODECS = {"raw float32": CodecOptions(), "zstd": CodecOptions(compress=True),
           "bfloat16": CodecOptions(bfloat16=True), "bfloat16 + zstd": CodecOptions(compress=True, bfloat16=True)}
 
 
-def shared_data() -> Path:
-    return Path(os.environ.get("RILLET_SHARED_DATA", REPO.parent / "shared" / "data")).resolve()
-
-
 def essay_words() -> list[str]:
-    return json.loads((shared_data() / "niah" / "PaulGrahamEssays.json").read_text())["text"].split()
+    return json.loads(shared_file("niah/PaulGrahamEssays.json").read_text())["text"].split()
 
 
 def transcript(model: LanguageModel, words: list[str], tokens: int) -> tuple[list[ChatMessage], int]:

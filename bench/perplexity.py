@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from backbone.gguf import find_gguf
 from backbone.loader import load_model
+from bench import shared_file
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results" / "perplexity.md"
@@ -32,16 +33,9 @@ TEXT = "text/wikitext2_test.txt"
 Logits = Callable[[torch.Tensor], torch.Tensor]
 
 
-def shared_data() -> Path:
-    return Path(os.environ.get("RILLET_SHARED_DATA", REPO.parent / "shared" / "data")).resolve()
-
-
 def evaluation_tokens(tokenizer, count: int) -> list[int]:
     """The first `count` tokens of the test text (read only as far as needed)."""
-    path = shared_data() / TEXT
-    if not path.is_file():
-        raise SystemExit(f"{path} is missing; set RILLET_SHARED_DATA to the folder holding text/wikitext2_test.txt.")
-    text = path.read_text(encoding="utf-8")
+    text = shared_file(TEXT).read_text(encoding="utf-8")
     chars = count * 6
     while True:
         ids = tokenizer.encode(text[:chars])

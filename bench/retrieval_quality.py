@@ -15,11 +15,11 @@ import argparse
 import itertools
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
 from app.database import upgrade
+from bench import shared_file
 from memory.db import make_engine
 from retrieval import search as search_module
 from retrieval.embedder import SentenceEmbedder
@@ -33,14 +33,10 @@ BM25_REFERENCE = {"MRR": 0.302, "Hit@1": 0.208, "Hit@10": 0.502}
 DEPTH = 100  # ranks looked at per query; a gold file below this counts as not found
 
 
-def shared_data() -> Path:
-    return Path(os.environ.get("RILLET_SHARED_DATA", REPO.parent / "shared" / "data")).resolve()
-
-
 def build_corpus() -> Path:
     """One file per snippet, named by its corpus index (written once)."""
     corpus = WORK / "corpus"
-    mapping = json.loads((shared_data() / "cosqa" / "code_idx_map.txt").read_text())
+    mapping = json.loads(shared_file("cosqa/code_idx_map.txt").read_text())
     if not corpus.is_dir() or len(list(corpus.iterdir())) != len(mapping):
         corpus.mkdir(parents=True, exist_ok=True)
         for code, index in mapping.items():
@@ -115,11 +111,11 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     retrieval = open_index(build_corpus())
     if args.tune:
-        dev = json.loads((shared_data() / "cosqa" / "cosqa-retrieval-dev-500.json").read_text())
+        dev = json.loads(shared_file("cosqa/cosqa-retrieval-dev-500.json").read_text())
         for mrr, rrf_k, weight in tune(retrieval, dev)[:8]:
             print(f"dev MRR {mrr:.4f}  rrf_k {rrf_k:>3}  vector weight {weight}")
         return
-    queries = json.loads((shared_data() / "cosqa" / f"cosqa-retrieval-{args.split}-500.json").read_text())
+    queries = json.loads(shared_file(f"cosqa/cosqa-retrieval-{args.split}-500.json").read_text())
     results = evaluate(retrieval, queries)
     header = "| method | MRR | Hit@1 | Hit@5 | Hit@10 | MRR vs plain BM25 (0.302) |"
     rows = [header, "| --- | --- | --- | --- | --- | --- |"]

@@ -81,7 +81,7 @@ def service_rows(n_queries: int) -> list[str]:
     if not (work / "catalog.db").exists():
         return []
     from app.database import upgrade
-    from bench.retrieval_quality import shared_data
+    from bench import shared_file
     from memory.db import make_engine
     from retrieval.service import Retrieval
 
@@ -92,7 +92,7 @@ def service_rows(n_queries: int) -> list[str]:
     if info.indexed_at is None:  # its first index run has not finished
         return []
     chunks = info.chunks
-    dev = json.loads((shared_data() / "cosqa" / "cosqa-retrieval-dev-500.json").read_text())
+    dev = json.loads(shared_file("cosqa/cosqa-retrieval-dev-500.json").read_text())
     queries = [q["doc"] for q in dev[:n_queries]]
     retrieval.search("cosqa", queries[0], 10)  # loads the model and both indexes
     rows = []

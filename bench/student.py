@@ -40,9 +40,9 @@ from backbone.generate import LanguageModel, SamplingConfig
 from backbone.loader import load_model
 from backbone.lora import LoRALinear
 from backbone.student import DEFAULT_STUDENT, StudentConfig, build_student, trainable_parameters, wrap_student
+from bench import shared_file
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("RILLET_SHARED_DATA", REPO.parent / "shared" / "data"))
 TRAINING = REPO / "backbone" / "checkpoints" / "training"
 RESULTS = REPO / "bench" / "results" / "student.md"
 RECORD = RESULTS.with_suffix(".json")
@@ -118,12 +118,12 @@ def config_label(config: StudentConfig) -> str:
 
 
 def wikitext_ids(teacher: LanguageModel, count: int) -> torch.Tensor:
-    text = (SHARED / "text" / "wikitext2_test.txt").read_text(encoding="utf-8")
+    text = shared_file("text/wikitext2_test.txt").read_text(encoding="utf-8")
     return torch.tensor(teacher.tokenizer.encode(text[: count * 8])[:count])
 
 
 def essays_text() -> str:
-    return json.loads((SHARED / "niah" / "PaulGrahamEssays.json").read_text(encoding="utf-8"))["text"]
+    return json.loads(shared_file("niah/PaulGrahamEssays.json").read_text(encoding="utf-8"))["text"]
 
 
 def long_streams(teacher: LanguageModel, count: int) -> dict[str, torch.Tensor]:
@@ -131,7 +131,7 @@ def long_streams(teacher: LanguageModel, count: int) -> dict[str, torch.Tensor]:
     trained on), `count` tokens of each."""
     streams = {}
     for name, text in (("essays", essays_text()),
-                       ("wikitext2_test", (SHARED / "text" / "wikitext2_test.txt").read_text(encoding="utf-8"))):
+                       ("wikitext2_test", shared_file("text/wikitext2_test.txt").read_text(encoding="utf-8"))):
         ids = teacher.tokenizer.encode(text[: count * 8])
         if len(ids) < count:
             raise ValueError(f"{name} has only {len(ids):,} tokens; --long-tokens asks for {count:,}")
@@ -280,7 +280,7 @@ def chat_section(teacher: LanguageModel, student: LanguageModel) -> list[str]:
            "Greedy, 40 new tokens. The prose is a user message of N tokens, acknowledged by the assistant, "
            "then the question. Right = the expected word appears in the reply."]
     texts = {"essays": essays_text()[:60_000],
-             "WikiText-2 validation": (SHARED / "text" / "wikitext2_valid.txt").read_text(encoding="utf-8")[:60_000]}
+             "WikiText-2 validation": shared_file("text/wikitext2_valid.txt").read_text(encoding="utf-8")[:60_000]}
     for name, text in texts.items():
         ids = teacher.tokenizer.encode(text)
         fillers = {n: teacher.tokenizer.decode(ids[:n]) for n in (1000, 4000)}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from backbone.errors import UserError
 
-class SessionNotFoundError(LookupError):
+
+class SessionNotFoundError(UserError, LookupError):
     """No session has this id (deleted, or never created)."""
 
     def __init__(self, session_id: int) -> None:
@@ -11,7 +13,7 @@ class SessionNotFoundError(LookupError):
         self.session_id = session_id
 
 
-class SessionConflictError(RuntimeError):
+class SessionConflictError(UserError, RuntimeError):
     """The session changed after the caller loaded it; appending now would build on a state that misses a turn."""
 
     def __init__(self, session_id: int, expected: int) -> None:
@@ -21,8 +23,9 @@ class SessionConflictError(RuntimeError):
 
 
 class SnapshotError(ValueError):
-    """A stored state cannot be trusted (damaged, truncated, checksum wrong, unknown format)."""
+    """A stored state cannot be trusted (damaged, truncated, checksum wrong, unknown format). The session
+    rebuilds its state from the transcript instead, so this never reaches the user."""
 
 
-class InvalidTranscriptError(ValueError):
+class InvalidTranscriptError(UserError, ValueError):
     """A message or an imported file that the memory cannot store as given."""

@@ -15,10 +15,16 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from backbone.errors import UserError
 from retrieval.ignore_rules import IgnorePattern, compile_patterns, verdict
 from retrieval.languages import BINARY_EXTENSIONS, DOCUMENTS, GENERATED_NAMES, MINIFIED_SUFFIXES, detect
 
 log = logging.getLogger(__name__)
+
+
+class FolderMissing(UserError, NotADirectoryError):
+    """A collection's root is not a folder (moved or deleted since, or mistyped)."""
+
 
 SKIPPED_FOLDERS = frozenset(
     [
@@ -81,7 +87,7 @@ class Crawler:
     def _walk(self, number: int, root: Path) -> Iterator[Entry]:
         real_root = root.resolve()
         if not real_root.is_dir():
-            raise NotADirectoryError(f"{root} is not a folder; give the folder that holds the files to index.")
+            raise FolderMissing(f"{root} is not a folder; give the folder that holds the files to index.")
         first = real_root.stat()
         seen = {(first.st_dev, first.st_ino)}
         pending: list[tuple[Path, str, _Rules]] = [(real_root, "", _Rules(()))]

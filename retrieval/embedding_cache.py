@@ -27,12 +27,12 @@ def batched(items: Iterable, size: int = BATCH):  # type: ignore[no-untyped-def]
 
 
 class EmbeddingCache:
-    def __init__(self, sessions: sessionmaker[Session], model: str) -> None:
-        self.sessions, self.model = sessions, model
+    def __init__(self, db: sessionmaker[Session], model: str) -> None:
+        self.db, self.model = db, model
 
     def get(self, hashes: Iterable[str]) -> dict[str, np.ndarray]:
         found: dict[str, np.ndarray] = {}
-        with self.sessions() as session:
+        with self.db() as session:
             for batch in batched(set(hashes)):
                 rows = session.execute(select(Embedding.text_hash, Embedding.vector).where(
                     Embedding.model == self.model, Embedding.text_hash.in_(batch)))
@@ -43,7 +43,7 @@ class EmbeddingCache:
         """Store new vectors; a hash already stored (by a concurrent writer) is left as it is."""
         if not vectors:
             return
-        with self.sessions.begin() as session:
+        with self.db.begin() as session:
             insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
             for batch in batched(vectors.items()):
                 rows = [{"model": self.model, "text_hash": h, "vector": np.asarray(v, np.float32).tobytes()}
@@ -52,7 +52,7 @@ class EmbeddingCache:
 
     def prune(self) -> int:
         """Forget vectors no chunk of any collection uses any more."""
-        with self.sessions.begin() as session:
+        with self.db.begin() as session:
             result = session.execute(delete(Embedding).where(
                 Embedding.model == self.model, Embedding.text_hash.not_in(select(Chunk.text_hash))))
             return result.rowcount or 0

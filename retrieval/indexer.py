@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from retrieval.catalog import Chunk, File
@@ -32,7 +32,6 @@ from retrieval.store import CollectionStore
 log = logging.getLogger(__name__)
 
 BATCH_CHUNKS = 2048  # chunks per commit: a large pool sorts into well-filled embedding batches
-EMBED_SLICE = 256  # texts per embedding call (longest first), so progress moves while a pool embeds
 SAVE_EVERY_S = 60.0
 
 
@@ -98,10 +97,10 @@ class _Known:
 
 class Indexer:
     def __init__(self, *, name: str, collection_id: int, roots: list[str], ignore: list[str],
-                 sessions: sessionmaker[Session], store: CollectionStore, chunker: Chunker,
+                 db: sessionmaker[Session], store: CollectionStore, chunker: Chunker,
                  progress: Callable[[Progress], None] | None = None, max_file_bytes: int | None = None) -> None:
         self.name, self.collection_id, self.roots, self.ignore = name, collection_id, roots, ignore
-        self.sessions, self.store, self.chunker = sessions, store, chunker
+        self.db, self.store, self.chunker = db, store, chunker
         self.on_progress = progress
         self.crawler_options = {"max_bytes": max_file_bytes} if max_file_bytes else {}
         self.report = IndexReport(name)
@@ -146,7 +145,7 @@ class Indexer:
         return self.report
 
     def _known(self) -> dict[tuple[int, str], _Known]:
-        with self.sessions() as session:
+        with self.db() as session:
             rows = session.execute(select(File.root, File.path, File.id, File.size, File.mtime, File.content_hash,
                                           File.status, File.error).where(File.collection_id == self.collection_id))
             return {(r[0], r[1]): _Known(*r[2:]) for r in rows}
@@ -158,13 +157,9 @@ class Indexer:
         """Files gone from disk leave the catalog and the index."""
         if not file_ids:
             return
-        with self.sessions.begin() as session:
-            chunk_ids = [i for b in batched(file_ids) for i in session.scalars(
-                select(Chunk.id).where(Chunk.file_id.in_(b)))]
-            for b in batched(file_ids):
-                session.execute(delete(File).where(File.id.in_(b)))
-        with self.store.lock:
-            self.store.vectors().remove(np.array(chunk_ids, dtype=np.int64))
+        with self.db.begin() as session:
+            chunk_ids = self.store.drop_chunks(session, file_ids, files=True)
+        self.store.change_vectors(chunk_ids)
         self.report.removed += len(file_ids)
         self.report.chunks_removed += len(chunk_ids)
 
@@ -203,21 +198,16 @@ class Indexer:
         texts = [c.embed_text for _, c in planned]
         hashes = [text_hash(t) for t in texts]
         vectors = self._vectors(hashes, texts)
-        with self.sessions.begin() as session:
-            old_ids = [i for b in batched([o.file_id for o in batch if o.file_id is not None and o.status != "same"])
-                       for i in session.scalars(select(Chunk.id).where(Chunk.file_id.in_(b)))]
-            for b in batched(old_ids):
-                session.execute(delete(Chunk).where(Chunk.id.in_(b)))
+        with self.db.begin() as session:
+            old_ids = self.store.drop_chunks(
+                session, [o.file_id for o in batch if o.file_id is not None and o.status != "same"], files=False)
             file_ids = self._write_files(session, batch)
             rows = [{"file_id": file_ids[id(o)], "ordinal": c.ordinal, "start_line": c.start_line,
                      "end_line": c.end_line, "page": c.page, "header": c.header, "text": c.text, "text_hash": h}
                     for (o, c), h in zip(planned, hashes, strict=True)]
             new_ids = [i for b in batched(rows) for i in session.scalars(
                 insert(Chunk).returning(Chunk.id, sort_by_parameter_order=True), b)]
-        with self.store.lock:
-            index = self.store.vectors()
-            index.remove(np.array(old_ids, dtype=np.int64))
-            index.add(np.array(new_ids, dtype=np.int64), vectors)
+        self.store.change_vectors(old_ids, new_ids, vectors)
         for outcome in batch:
             self._count(outcome)
         self.report.chunks_added += len(new_ids)
@@ -228,24 +218,20 @@ class Indexer:
             self.last_save = time.perf_counter()
 
     def _vectors(self, hashes: list[str], texts: list[str]) -> np.ndarray:
-        """Cached vectors where there are any; the rest embedded longest first, in slices for progress."""
-        cache = self.store.cache
-        found = cache.get(hashes) if cache is not None else {}
-        todo = sorted({h: t for h, t in zip(hashes, texts, strict=True) if h not in found}.items(),
-                      key=lambda item: -len(item[1]))
-        self.report.reused += len(hashes) - len(todo)
-        started = time.perf_counter()
-        for part in batched(todo, EMBED_SLICE):
-            fresh = dict(zip([h for h, _ in part], self.store.embedder.embed([t for _, t in part]), strict=True))
-            if cache is not None:
-                cache.put(fresh)
-            found.update(fresh)
-            self.report.embedded += len(part)
+        """`CollectionStore.vectors_for`, counting what was reused and embedded, with progress per slice."""
+        fresh = 0
+
+        def embedded(count: int) -> None:
+            nonlocal fresh
+            fresh += count
+            self.report.embedded += count
             self._progress("index")
+
+        started = time.perf_counter()
+        vectors = self.store.vectors_for(hashes, texts, embedded)
         self.report.embed_seconds += time.perf_counter() - started
-        if not hashes:
-            return np.zeros((0, self.store.vectors().dim), dtype=np.float32)
-        return np.stack([found[h] for h in hashes]).astype(np.float32)
+        self.report.reused += len(hashes) - fresh
+        return vectors
 
     def _write_files(self, session: Session, batch: list[_Outcome]) -> dict[int, int]:
         """Insert or update the file rows of a batch; returns {id(outcome): file id}."""

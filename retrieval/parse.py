@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from retrieval import documents
+from retrieval import formats
 from retrieval.code_outline import outline as code_outline
 from retrieval.document import Document, split_lines
 from retrieval.prose_outline import markdown_outline, rst_outline
 from retrieval.read import check_not_minified, decode
 
-READERS = {"pdf": documents.pdf, "docx": documents.docx, "html": documents.html, "ipynb": documents.notebook}
+READERS = {"pdf": formats.pdf, "docx": formats.docx, "html": formats.html, "ipynb": formats.notebook}
 
 
 def parse(data: bytes, language: str | None) -> Document:

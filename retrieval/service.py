@@ -3,7 +3,7 @@
     retrieval = Retrieval(engine, settings.indexes)
     retrieval.create_collection("rillet", ["~/src/rillet"], ignore=["*.lock"])
     report = retrieval.index("rillet", progress=print)
-    for hit in retrieval.search("where is the config loaded", "rillet", k=5):
+    for hit in retrieval.search("rillet", "where is the config loaded", k=5):
         print(hit.citation, hit.score)
 
 A collection with roots is crawled from disk; one without roots holds documents added through
@@ -26,10 +26,11 @@ import numpy as np
 from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from backbone.errors import InvalidRequest, UserError
 from memory.db import make_sessionmaker, utcnow
 from retrieval.catalog import Chunk, Collection, File
 from retrieval.chunking import Chunker
-from retrieval.embedder import Embedder, SentenceEmbedder, count_tokens, text_hash
+from retrieval.embedder import Embedder, SentenceEmbedder, text_hash
 from retrieval.embedding_cache import EmbeddingCache, batched
 from retrieval.indexer import Indexer, IndexReport, Progress
 from retrieval.search import (
@@ -49,8 +50,17 @@ log = logging.getLogger(__name__)
 DOCUMENT = "document"  # the language of documents added through the API
 
 
-class CollectionNotFoundError(LookupError):
-    pass
+class CollectionNotFoundError(UserError, LookupError):
+    """No collection has this name (deleted, or never created)."""
+
+
+class CollectionElsewhereError(InvalidRequest):
+    """A collection of this name exists already over other folders (`roots`) than the one asked for (`root`)."""
+
+    def __init__(self, name: str, roots: list[str], root: str) -> None:
+        super().__init__(f"A collection named {name!r} already indexes {', '.join(roots)}; choose another name "
+                         "for this folder.")
+        self.name, self.roots, self.root = name, roots, root
 
 
 @dataclass(frozen=True)
@@ -68,13 +78,11 @@ class CollectionInfo:
 class Retrieval:
     def __init__(self, db: Engine | sessionmaker[Session], index_dir: Path | str, embedder: Embedder | None = None,
                  *, max_file_bytes: int | None = None) -> None:
-        self.sessions = db if isinstance(db, sessionmaker) else make_sessionmaker(db)
+        self.db = db if isinstance(db, sessionmaker) else make_sessionmaker(db)
         self.index_dir = Path(index_dir).expanduser()
         self.embedder: Embedder = embedder or SentenceEmbedder()
-        self.cache = EmbeddingCache(self.sessions, self.embedder.name) \
-            if getattr(self.embedder, "cacheable", False) else None
-        self.chunker = Chunker(getattr(self.embedder, "count_tokens", count_tokens),
-                               max_tokens=getattr(self.embedder, "max_tokens", 256))
+        self.cache = EmbeddingCache(self.db, self.embedder.name) if self.embedder.cacheable else None
+        self.chunker = Chunker(self.embedder.count_tokens, max_tokens=self.embedder.max_tokens)
         self.max_file_bytes = max_file_bytes
         self._stores: dict[int, CollectionStore] = {}
         self._stores_lock = threading.Lock()
@@ -85,21 +93,36 @@ class Retrieval:
         """A new collection over `roots` (existing folders), with gitignore-style `ignore` patterns."""
         name = name.strip()
         if not name or len(name) > 200:
-            raise ValueError("A collection needs a name of 1 to 200 characters.")
+            raise InvalidRequest("A collection needs a name of 1 to 200 characters.")
         resolved = []
         for root in roots:
             path = Path(root).expanduser().resolve()
             if not path.is_dir():
-                raise ValueError(f"{root} is not a folder; give the folder that holds the files to index.")
+                raise InvalidRequest(f"{root} is not a folder; give the folder that holds the files to index.")
             resolved.append(str(path))
-        with self.sessions.begin() as session:
+        with self.db.begin() as session:
             if session.scalar(select(Collection.id).where(Collection.name == name)) is not None:
-                raise ValueError(f"A collection named {name!r} exists already; choose another name or delete it.")
+                raise InvalidRequest(f"A collection named {name!r} exists already; choose another name or delete it.")
             session.add(Collection(name=name, roots=resolved, ignore=list(ignore), embedding_model=self.embedder.name))
         return self.get_collection(name)
 
+    def ensure_collection(self, name: str, root: Path | str, ignore: Sequence[str] | None = None) -> CollectionInfo:
+        """The collection `name` over the one folder `root`: created when missing; an existing one must index
+        that same folder (`CollectionElsewhereError` otherwise). `ignore`, when given, replaces its patterns."""
+        folder = str(Path(root).expanduser().resolve())
+        try:
+            info = self.get_collection(name)
+        except CollectionNotFoundError:
+            return self.create_collection(name, [folder], ignore or ())
+        if info.roots != [folder]:
+            raise CollectionElsewhereError(name, info.roots, folder)
+        if ignore and list(ignore) != info.ignore:
+            self.set_ignore(name, ignore)
+            info = self.get_collection(name)
+        return info
+
     def get_collection(self, name: str) -> CollectionInfo:
-        with self.sessions() as session:
+        with self.db() as session:
             collection = self._row(session, name)
             files = session.scalar(select(func.count(File.id)).where(File.collection_id == collection.id)) or 0
             chunks = session.scalar(select(func.count(Chunk.id)).join(File).where(
@@ -109,18 +132,18 @@ class Retrieval:
                                   files, chunks)
 
     def list_collections(self) -> list[CollectionInfo]:
-        with self.sessions() as session:
+        with self.db() as session:
             names = session.scalars(select(Collection.name).order_by(Collection.name)).all()
         return [self.get_collection(n) for n in names]
 
     def set_ignore(self, name: str, ignore: Sequence[str]) -> None:
         """Replace the collection's ignore patterns; the next `index` drops newly ignored files."""
-        with self.sessions.begin() as session:
+        with self.db.begin() as session:
             self._row(session, name).ignore = list(ignore)
 
     def delete_collection(self, name: str) -> None:
         """Remove the collection, its catalog rows and its index files (the files on disk stay)."""
-        with self.sessions.begin() as session:
+        with self.db.begin() as session:
             collection = self._row(session, name)
             collection_id = collection.id
             file_ids = select(File.id).where(File.collection_id == collection_id)
@@ -136,20 +159,21 @@ class Retrieval:
     # --- indexing --------------------------------------------------------------------------------
     def index(self, name: str, progress: Callable[[Progress], None] | None = None) -> IndexReport:
         """Bring the collection's index up to date with its folders; only changes cost time."""
-        with self.sessions() as session:
+        with self.db() as session:
             collection = self._row(session, name)
             collection_id, roots, ignore = collection.id, list(collection.roots), list(collection.ignore)
             model = collection.embedding_model
         if not roots:
-            raise ValueError(f"Collection {name!r} has no folders to index; its documents are added through the API.")
+            raise InvalidRequest(f"Collection {name!r} has no folders to index; its documents are added through "
+                                 "the API.")
         store = self._store(collection_id)
         with store.writer():
             if model != self.embedder.name:
                 self._clear(collection_id, store)
             report = Indexer(name=name, collection_id=collection_id, roots=roots, ignore=ignore,
-                             sessions=self.sessions, store=store, chunker=self.chunker, progress=progress,
+                             db=self.db, store=store, chunker=self.chunker, progress=progress,
                              max_file_bytes=self.max_file_bytes).run()
-            with self.sessions.begin() as session:
+            with self.db.begin() as session:
                 session.execute(update(Collection).where(Collection.id == collection_id).values(
                     indexed_at=utcnow(), embedding_model=self.embedder.name))
         return report
@@ -157,7 +181,7 @@ class Retrieval:
     def _clear(self, collection_id: int, store: CollectionStore) -> None:
         """The collection was embedded with another model: its vectors are useless, start over."""
         log.warning("Collection %d was embedded with another model; re-indexing it from scratch.", collection_id)
-        with self.sessions.begin() as session:
+        with self.db.begin() as session:
             session.execute(delete(File).where(File.collection_id == collection_id))
         shutil.rmtree(store.folder / "bm25", ignore_errors=True)
         store.vectors_path.unlink(missing_ok=True)
@@ -168,9 +192,9 @@ class Retrieval:
                language: str | None = None, mode: Mode = "hybrid") -> list[Hit]:
         """The `k` best chunks for `query`, best first. `mode`: hybrid (default), vector or bm25."""
         if not query.strip():
-            raise ValueError("The search query is empty; type a question or some words to look for.")
+            raise InvalidRequest("The search query is empty; type a question or some words to look for.")
         if mode not in ("hybrid", "vector", "bm25"):
-            raise ValueError(f"Unknown search mode {mode!r}; use hybrid, vector or bm25.")
+            raise InvalidRequest(f"Unknown search mode {mode!r}; use hybrid, vector or bm25.")
         roots, store, allowed = self._prepare_search(name, path_glob, language)
         if allowed is not None and len(allowed) == 0:
             return []
@@ -188,18 +212,18 @@ class Retrieval:
             weights.append(BM25_WEIGHT)
             scores["bm25"] = dict(zip(ids.tolist(), keyword_scores.tolist(), strict=True))
         fused = reciprocal_rank_fusion(rankings, weights, RRF_K) if mode == "hybrid" else list(scores[mode].items())
-        with self.sessions() as session:
+        with self.db() as session:
             return load_hits(session, fused[:k], roots)
 
     def search_by_vector(self, name: str, vector: np.ndarray, k: int = 8) -> list[Hit]:
         """Nearest chunks to an embedding (cosine similarity as the score)."""
         roots, store, _ = self._prepare_search(name, None, None)
         ids, scores = self._vector_ranking(store, vector, k, None)
-        with self.sessions() as session:
+        with self.db() as session:
             return load_hits(session, list(zip(ids, scores, strict=True)), roots)
 
     def _prepare_search(self, name: str, path_glob: str | None, language: str | None):  # type: ignore[no-untyped-def]
-        with self.sessions() as session:
+        with self.db() as session:
             collection = self._row(session, name)
             collection_id, roots = collection.id, list(collection.roots)
             allowed = allowed_ids(session, collection_id, roots, path_glob, language) \
@@ -214,8 +238,7 @@ class Retrieval:
         return ids[0][keep].tolist(), scores[0][keep].tolist()
 
     def _embed_query(self, query: str) -> np.ndarray:
-        embed_query = getattr(self.embedder, "embed_query", None)
-        return np.asarray(embed_query(query) if embed_query else self.embedder.embed([query])[0], dtype=np.float32)
+        return np.asarray(self.embedder.embed_query(query), dtype=np.float32)
 
     # --- documents added through the API ---------------------------------------------------------
     def add_documents(self, name: str, documents: Sequence[tuple[str | None, str, dict[str, Any] | None]]) -> list[str]:
@@ -227,12 +250,9 @@ class Retrieval:
         keys = list(latest)
         hashes = [text_hash(latest[i][0]) for i in keys]
         vectors = store.vectors_for(hashes, [latest[i][0] for i in keys])
-        with self.sessions.begin() as session:
+        with self.db.begin() as session:
             old_files = self._document_files(session, collection_id, keys)
-            old_chunks = [c for b in batched(list(old_files.values()))
-                          for c in session.scalars(select(Chunk.id).where(Chunk.file_id.in_(b)))]
-            for b in batched(list(old_files.values())):
-                session.execute(delete(File).where(File.id.in_(b)))
+            old_chunks = store.drop_chunks(session, list(old_files.values()), files=True)
             file_ids = session.scalars(insert(File).returning(File.id, sort_by_parameter_order=True), [
                 {"collection_id": collection_id, "root": 0, "path": i, "size": len(latest[i][0]),
                  "mtime": 0.0, "content_hash": h, "language": DOCUMENT, "status": "indexed"}
@@ -241,13 +261,13 @@ class Retrieval:
                 {"file_id": f, "ordinal": 0, "start_line": 1, "end_line": latest[i][0].count("\n") + 1,
                  "text": latest[i][0], "text_hash": h, "meta": latest[i][1] or {}}
                 for i, h, f in zip(keys, hashes, file_ids, strict=True)]).all()
-        self._apply(store, old_chunks, chunk_ids, vectors)
+        store.change_vectors(old_chunks, chunk_ids, vectors, save=True)
         return ids
 
     def get_documents(self, name: str, ids: Sequence[str]) -> list[tuple[str, str, dict[str, Any]]]:
         """(id, text, metadata) of the documents that exist, in the order of `ids`."""
         collection_id, _ = self._documents_collection(name)
-        with self.sessions() as session:
+        with self.db() as session:
             found = {}
             for b in batched(list(ids)):
                 rows = session.execute(select(File.path, Chunk.text, Chunk.meta).join(Chunk).where(
@@ -257,23 +277,20 @@ class Retrieval:
 
     def delete_documents(self, name: str, ids: Sequence[str]) -> int:
         collection_id, store = self._documents_collection(name)
-        with self.sessions.begin() as session:
+        with self.db.begin() as session:
             files = self._document_files(session, collection_id, list(ids))
-            chunks = [c for b in batched(list(files.values()))
-                      for c in session.scalars(select(Chunk.id).where(Chunk.file_id.in_(b)))]
-            for b in batched(list(files.values())):
-                session.execute(delete(File).where(File.id.in_(b)))
-        self._apply(store, chunks, [], np.zeros((0, 1), dtype=np.float32))
+            chunks = store.drop_chunks(session, list(files.values()), files=True)
+        store.change_vectors(chunks, save=True)
         return len(files)
 
     def _documents_collection(self, name: str) -> tuple[int, CollectionStore]:
-        with self.sessions() as session:
+        with self.db() as session:
             collection = self._row(session, name)
             if collection.roots:
-                raise ValueError(f"Collection {name!r} indexes folders; add documents to a collection "
+                raise InvalidRequest(f"Collection {name!r} indexes folders; add documents to a collection "
                                  "created without folders.")
             if collection.embedding_model != self.embedder.name:
-                raise ValueError(f"Collection {name!r} was embedded with {collection.embedding_model}, "
+                raise InvalidRequest(f"Collection {name!r} was embedded with {collection.embedding_model}, "
                                  f"not {self.embedder.name}; use that model or another collection.")
             return collection.id, self._store(collection.id)
 
@@ -281,15 +298,6 @@ class Retrieval:
     def _document_files(session: Session, collection_id: int, ids: list[str]) -> dict[str, int]:
         return {path: file_id for b in batched(ids) for file_id, path in session.execute(
             select(File.id, File.path).where(File.collection_id == collection_id, File.path.in_(b)))}
-
-    @staticmethod
-    def _apply(store: CollectionStore, removed: list[int], added: Sequence[int], vectors: np.ndarray) -> None:
-        with store.lock:
-            index = store.vectors()
-            index.remove(np.array(removed, dtype=np.int64))
-            index.add(np.array(added, dtype=np.int64), vectors)
-            store.save_vectors()
-            store.forget_bm25()
 
     # --- plumbing --------------------------------------------------------------------------------
     @staticmethod
@@ -307,6 +315,6 @@ class Retrieval:
         with self._stores_lock:
             if collection_id not in self._stores:
                 self._stores[collection_id] = CollectionStore(self._folder(collection_id), collection_id,
-                                                              self.sessions, self.embedder, self.cache)
+                                                              self.db, self.embedder, self.cache)
             return self._stores[collection_id]
 

@@ -12,14 +12,15 @@ import fcntl
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from backbone.errors import UserError
 from retrieval.bm25 import BM25Index
 from retrieval.catalog import Chunk, File
 from retrieval.embedder import Embedder
@@ -27,10 +28,11 @@ from retrieval.embedding_cache import EmbeddingCache, batched
 from retrieval.vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
+EMBED_SLICE = 256  # texts per embedding call (longest first), so progress moves while a pool embeds
 
 
-class CollectionBusyError(RuntimeError):
-    pass
+class CollectionBusyError(UserError, RuntimeError):
+    """Another indexing run (this process or another) holds the collection; wait for it."""
 
 
 def embed_text(header: str | None, text: str) -> str:
@@ -38,9 +40,9 @@ def embed_text(header: str | None, text: str) -> str:
 
 
 class CollectionStore:
-    def __init__(self, folder: Path, collection_id: int, sessions: sessionmaker[Session], embedder: Embedder,
+    def __init__(self, folder: Path, collection_id: int, db: sessionmaker[Session], embedder: Embedder,
                  cache: EmbeddingCache | None) -> None:
-        self.folder, self.collection_id, self.sessions = Path(folder), collection_id, sessions
+        self.folder, self.collection_id, self.db = Path(folder), collection_id, db
         self.embedder, self.cache = embedder, cache
         self.vectors_path, self.bm25_path = self.folder / "vectors.faiss", self.folder / "bm25"
         self.lock = threading.RLock()  # held briefly, around reads and changes of the in-memory indexes
@@ -52,7 +54,7 @@ class CollectionStore:
 
     # --- catalog ---------------------------------------------------------------------------------
     def catalog_ids(self) -> np.ndarray:
-        with self.sessions() as session:
+        with self.db() as session:
             ids = session.scalars(select(Chunk.id).join(File).where(File.collection_id == self.collection_id))
             return np.sort(np.fromiter(ids, dtype=np.int64))
 
@@ -60,12 +62,41 @@ class CollectionStore:
         """(id, text hash, embedded text) of the given chunks, or of all of them."""
         query = select(Chunk.id, Chunk.text_hash, Chunk.header, Chunk.text).join(File).where(
             File.collection_id == self.collection_id)
-        with self.sessions() as session:
+        with self.db() as session:
             if ids is None:
                 rows = session.execute(query.order_by(Chunk.id)).all()
             else:
                 rows = [r for batch in batched(ids.tolist()) for r in session.execute(query.where(Chunk.id.in_(batch)))]
         return [(i, h, embed_text(header, text)) for i, h, header, text in rows]
+
+    @staticmethod
+    def drop_chunks(session: Session, file_ids: Sequence[int], *, files: bool) -> list[int]:
+        """In the caller's transaction: delete these files' chunks (`files=False`: the file rows stay, to be
+        updated) or the files themselves with their chunks (`files=True`). Returns the chunk ids, which
+        `change_vectors` then takes out of the vector index once the transaction committed."""
+        chunk_ids = [i for b in batched(list(file_ids))
+                     for i in session.scalars(select(Chunk.id).where(Chunk.file_id.in_(b)))]
+        if files:
+            for b in batched(list(file_ids)):
+                session.execute(delete(File).where(File.id.in_(b)))  # their chunks go with them (ON DELETE CASCADE)
+        else:
+            for b in batched(chunk_ids):
+                session.execute(delete(Chunk).where(Chunk.id.in_(b)))
+        return chunk_ids
+
+    def change_vectors(self, removed: Sequence[int], added: Sequence[int] = (), vectors: np.ndarray | None = None,
+                       *, save: bool = False) -> None:
+        """The catalog change that `drop_chunks` (and inserting chunks) made, applied to the vector index
+        after its transaction committed: the catalog is the truth, and a crash between the two is mended by
+        `vectors()` on the next load. `save`: write the index now, and let the keyword index reload."""
+        with self.lock:
+            index = self.vectors()
+            index.remove(np.array(removed, dtype=np.int64))
+            if len(added):
+                index.add(np.array(added, dtype=np.int64), vectors)
+            if save:
+                self.save_vectors()
+                self.forget_bm25()
 
     # --- vectors ---------------------------------------------------------------------------------
     def vectors(self) -> VectorIndex:
@@ -87,8 +118,7 @@ class CollectionStore:
             return self._vectors
 
     def _dim(self) -> int:
-        dim = getattr(self.embedder, "dim", None)
-        return int(dim) if dim else int(self.embedder.embed(["dimension probe"]).shape[1])
+        return int(self.embedder.dim)
 
     def _repair(self, index: VectorIndex) -> bool:
         catalog, stored = self.catalog_ids(), np.sort(index.ids())
@@ -105,15 +135,20 @@ class CollectionStore:
             index.add(np.array([i for i, _, _ in rows], dtype=np.int64), vectors)
         return True
 
-    def vectors_for(self, hashes: list[str], texts: list[str]) -> np.ndarray:
-        """Vectors for these texts: from the cache, embedding (and caching) only what it lacks."""
+    def vectors_for(self, hashes: list[str], texts: list[str],
+                    embedded: Callable[[int], None] | None = None) -> np.ndarray:
+        """Vectors for these texts: from the cache, embedding (and caching) only what it lacks, longest first,
+        EMBED_SLICE texts at a time; `embedded(n)` after each slice."""
         found = self.cache.get(hashes) if self.cache is not None else {}
-        todo = {h: t for h, t in zip(hashes, texts, strict=True) if h not in found}
-        if todo:
-            fresh = dict(zip(todo, self.embedder.embed(list(todo.values())), strict=True))
+        todo = sorted({h: t for h, t in zip(hashes, texts, strict=True) if h not in found}.items(),
+                      key=lambda item: -len(item[1]))
+        for part in batched(todo, EMBED_SLICE):
+            fresh = dict(zip([h for h, _ in part], self.embedder.embed([t for _, t in part]), strict=True))
             if self.cache is not None:
                 self.cache.put(fresh)
             found.update(fresh)
+            if embedded is not None:
+                embedded(len(part))
         if not hashes:
             return np.zeros((0, self._dim()), dtype=np.float32)
         return np.stack([found[h] for h in hashes]).astype(np.float32)

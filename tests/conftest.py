@@ -14,7 +14,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Before torch loads OpenMP: idle threads sleep instead of spinning. On this shared 2-core machine spinning
+# Before torch loads OpenMP: idle threads sleep instead of spinning. On a busy 2-core machine spinning
 # threads make a 2-thread forward 10x slower whenever other work runs at the same time.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Triton kernels are tested on CPU in Triton's interpreter, which must be chosen before triton is first
@@ -23,14 +23,12 @@ if not Path("/dev/nvidia0").exists():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Tests never read the large third-party texts beside the repository (../shared/data: bench/ only), since a
+# user's clone has none: point the setting at a folder that does not exist, so a test that needs them fails
+# here as it would there. Tests take text from tests/text.py or generate it.
+os.environ["RILLET_SHARED_DATA"] = str(REPO_ROOT / ".data" / "tests-read-no-shared-data")
 # Converted weights survive between runs here (gitignored), so only the first run reads the GGUF.
 MODEL_CACHE = REPO_ROOT / ".data" / "cache"
-
-
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The shared evaluation data (RILLET_SHARED_DATA, default <repo>/../shared/data)."""
-    return Path(os.environ.get("RILLET_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")).resolve()
 
 
 @pytest.fixture(scope="session")

@@ -11,14 +11,17 @@ Errors reach the client as `gradio_client.exceptions.AppError` carrying the same
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 import gradio as gr
 
-from app.chat.generation import Piece
-from app.chat.scheduler import Cancelled, Failed, Finished, Waiting
-from app.engine import USER_ERRORS, ChatEngine, Retrieved, TurnOptions
+from app.chat.events import follow
+from app.engine import ChatEngine, TurnOptions
+from backbone.errors import report, shown
+
+log = logging.getLogger(__name__)
 
 
 def _citation(c: dict[str, Any]) -> dict[str, Any]:
@@ -36,10 +39,13 @@ def add_api(engine: ChatEngine) -> None:
     """Register the endpoints on the Blocks being built."""
 
     def guard(call: Any) -> Any:
+        """A `UserError`'s advice reaches the client as is; anything else is logged and reported as internal."""
         try:
             return call()
-        except USER_ERRORS as exc:
-            raise gr.Error(str(exc)) from None
+        except gr.Error:
+            raise
+        except Exception as exc:
+            raise gr.Error(report(exc, log, "API call")) from None
 
     def list_sessions() -> list[dict[str, Any]]:
         """Sessions, most recently changed first."""
@@ -85,32 +91,25 @@ def add_api(engine: ChatEngine) -> None:
         options = guard(lambda: TurnOptions(top_k=int(top_k), temperature=float(temperature),
                                             max_new_tokens=int(max_new_tokens), model=model or None))
         ticket = guard(lambda: engine.ask(int(session_id), message, options))
-        text, waiting = "", None
         try:
-            for event in ticket:
-                if isinstance(event, Waiting):
-                    waiting = event.ahead + 1
-                elif isinstance(event, Retrieved):
-                    yield {"text": "", "done": False, "waiting": None, "sources": [s.citation for s in event.sources]}
-                    continue
-                elif isinstance(event, Piece) and event.text:
-                    text += event.text
-                elif isinstance(event, Finished):
-                    r = event.result
+            for turn in follow(ticket):
+                if turn.stage == "reading":
+                    sources = [s.citation for s in turn.retrieved.sources] if turn.retrieved else []
+                    yield {"text": "", "done": False, "waiting": None, "sources": sources}
+                elif turn.stage == "finished":
+                    r = turn.result
                     yield {"text": r.answer, "done": True, "stop_reason": r.stop_reason, "model": r.model,
                            "citations": [_citation(c.to_dict()) for c in r.citations],
                            "prompt_tokens": r.prompt_tokens,
                            "answer_tokens": r.answer_tokens, "first_token_s": r.first_token_s,
                            "seconds": r.seconds, "state_tokens": r.state_tokens, "notice": r.notice}
                     return
-                elif isinstance(event, Failed):
-                    raise gr.Error(str(event.error) if isinstance(event.error, USER_ERRORS)
-                                   else f"The answer failed: {event.error}")
-                elif isinstance(event, Cancelled):
+                elif turn.stage == "failed":
+                    raise gr.Error(shown(turn.error))  # the model queue logged it (a bug with its traceback)
+                elif turn.stage == "cancelled":
                     raise gr.Error("The turn was cancelled before it started; nothing was stored.")
-                else:
-                    continue
-                yield {"text": text, "done": False, "waiting": waiting}
+                else:  # waiting, or more text
+                    yield {"text": turn.text, "done": False, "waiting": None if turn.ahead is None else turn.ahead + 1}
         finally:
             if not ticket.done:
                 ticket.cancel()  # the client went away: stop, keeping what was written

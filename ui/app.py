@@ -12,13 +12,13 @@ import queue
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import gradio as gr
 
-from app.chat.generation import Piece
-from app.chat.scheduler import Cancelled, Failed, Finished, Waiting
-from app.engine import USER_ERRORS, ChatEngine, Retrieved, SessionNotFoundError, TurnOptions
+from app.chat.events import follow
+from app.engine import ChatEngine, SessionNotFoundError, TurnOptions
+from backbone.errors import UserError, report, shown
 from ui import render
 from ui.api import add_api
 
@@ -31,6 +31,80 @@ CSS = """
 #rillet-notice:empty { display: none; }
 .rillet-source summary { cursor: pointer; }
 """
+
+
+SKIP: Any = gr.skip()  # an output left as it is
+
+
+# What each handler updates, by name; a field not given stays as it is. `build` wires each one's fields, in
+# this order, to the components of the same names.
+class PageLoaded(NamedTuple):
+    session: Any = SKIP
+    sessions: Any = SKIP
+    chat: Any = SKIP
+    collection: Any = SKIP
+    status: Any = SKIP
+    welcome: Any = SKIP
+    title: Any = SKIP
+    notice: Any = SKIP
+
+
+class SessionSwitched(NamedTuple):
+    """A session was started or imported."""
+
+    session: Any = SKIP
+    sessions: Any = SKIP
+    chat: Any = SKIP
+    status: Any = SKIP
+    notice: Any = SKIP
+    remembered: Any = SKIP
+    title: Any = SKIP
+
+
+class SessionOpened(NamedTuple):
+    session: Any = SKIP
+    chat: Any = SKIP
+    collection: Any = SKIP
+    status: Any = SKIP
+    notice: Any = SKIP
+    remembered: Any = SKIP
+    title: Any = SKIP
+
+
+class SessionDeleted(NamedTuple):
+    session: Any = SKIP
+    sessions: Any = SKIP
+    chat: Any = SKIP
+    status: Any = SKIP
+    confirm_delete: Any = SKIP
+    notice: Any = SKIP
+    remembered: Any = SKIP
+    title: Any = SKIP
+
+
+class CollectionDeleted(NamedTuple):
+    collection: Any = SKIP
+    confirm_collection: Any = SKIP
+    notice: Any = SKIP
+    welcome: Any = SKIP
+
+
+class Indexing(NamedTuple):
+    index_status: Any = SKIP
+    collection: Any = SKIP
+    welcome: Any = SKIP
+
+
+class Answering(NamedTuple):
+    """What Send updates while a turn runs."""
+
+    message: Any = SKIP
+    chat: Any = SKIP
+    session: Any = SKIP
+    sessions: Any = SKIP
+    status: Any = SKIP
+    notice: Any = SKIP
+    remembered: Any = SKIP
 
 
 def title_from(message: str, words: int = 7) -> str:
@@ -58,55 +132,66 @@ class Page:
         return render.status_line(served.label, f"{served.device}, {served.precision}", tokens, state_bytes,
                                   served.model.max_context, served.note)
 
+    @staticmethod
+    def problem(error: BaseException, what: str) -> str:
+        """The notice for an error a handler caught: a `UserError`'s advice as is, anything else (logged here
+        with its traceback) as an internal error."""
+        return render.error_note(report(error, log, what))
+
     def visible_count(self, session_id: int) -> int:
         return sum(m.role != "system" for m in self.engine.messages(session_id))
 
     # --- sessions --------------------------------------------------------------------------------
-    def on_load(self, remembered: int | None, model: str) -> tuple[Any, ...]:
+    def on_load(self, remembered: int | None, model: str) -> PageLoaded:
         """Fill the page; reopen the session this browser had open, if it still exists."""
         collections = self.collection_choices()
         welcome = gr.update(visible=len(collections) == 1)
         if remembered is not None:
             try:
                 view = self.engine.open_session(int(remembered), model or None)
-                return (view.info.id, gr.update(choices=self.session_choices(), value=view.info.id),
-                        render.chat_history(view.messages), gr.update(choices=collections,
-                                                                      value=view.info.collection or NO_COLLECTION),
-                        self.status(model, view.state_tokens, view.state_bytes), welcome, view.info.title,
-                        render.error_note(Exception(view.notice)) if view.notice else "")
+                return PageLoaded(
+                    session=view.info.id, sessions=gr.update(choices=self.session_choices(), value=view.info.id),
+                    chat=render.chat_history(view.messages),
+                    collection=gr.update(choices=collections, value=view.info.collection or NO_COLLECTION),
+                    status=self.status(model, view.state_tokens, view.state_bytes), welcome=welcome,
+                    title=view.info.title, notice=render.error_note(view.notice) if view.notice else "")
             except SessionNotFoundError:
                 pass
-        return (None, gr.update(choices=self.session_choices(), value=None), [],
-                gr.update(choices=collections, value=collections[-1][1] if len(collections) > 1 else NO_COLLECTION),
-                self.status(model), welcome, "", "")
+        return PageLoaded(
+            session=None, sessions=gr.update(choices=self.session_choices(), value=None), chat=[],
+            collection=gr.update(choices=collections,
+                                 value=collections[-1][1] if len(collections) > 1 else NO_COLLECTION),
+            status=self.status(model), welcome=welcome, title="", notice="")
 
-    def new_session(self, collection: str, model: str) -> tuple[Any, ...]:
+    def new_session(self, collection: str, model: str) -> SessionSwitched:
         try:
             info = self.engine.create_session(collection=collection or None)
-        except USER_ERRORS as exc:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), render.error_note(exc), gr.skip(), gr.skip()
-        return (info.id, gr.update(choices=self.session_choices(), value=info.id), [], self.status(model), "",
-                info.id, info.title)
+        except Exception as exc:
+            return SessionSwitched(notice=self.problem(exc, "new_session"))
+        return SessionSwitched(session=info.id, sessions=gr.update(choices=self.session_choices(), value=info.id),
+                               chat=[], status=self.status(model), notice="", remembered=info.id, title=info.title)
 
-    def open_session(self, session_id: int | None, model: str) -> tuple[Any, ...]:
+    def open_session(self, session_id: int | None, model: str) -> SessionOpened:
         if session_id is None:
-            return (gr.skip(),) * 7
+            return SessionOpened()
         try:
             view = self.engine.open_session(int(session_id), model or None)
-        except USER_ERRORS as exc:
-            return None, [], gr.skip(), self.status(model), render.error_note(exc), None, ""
-        return (view.info.id, render.chat_history(view.messages),
-                gr.update(value=view.info.collection or NO_COLLECTION),
-                self.status(model, view.state_tokens, view.state_bytes),
-                render.error_note(Exception(view.notice)) if view.notice else "", view.info.id, view.info.title)
+        except Exception as exc:
+            return SessionOpened(session=None, chat=[], status=self.status(model),
+                                 notice=self.problem(exc, "open_session"), remembered=None, title="")
+        return SessionOpened(session=view.info.id, chat=render.chat_history(view.messages),
+                             collection=gr.update(value=view.info.collection or NO_COLLECTION),
+                             status=self.status(model, view.state_tokens, view.state_bytes),
+                             notice=render.error_note(view.notice) if view.notice else "", remembered=view.info.id,
+                             title=view.info.title)
 
     def rename(self, session_id: int | None, title: str) -> tuple[Any, str]:
         if session_id is None:
             return gr.skip(), render.error_note(Exception("Open or start a session first."))
         try:
             self.engine.rename_session(session_id, title)
-        except USER_ERRORS as exc:
-            return gr.skip(), render.error_note(exc)
+        except Exception as exc:
+            return gr.skip(), self.problem(exc, "rename")
         return gr.update(choices=self.session_choices(), value=session_id), f"Renamed to “{title.strip()}”."
 
     def ask_delete(self, session_id: int | None) -> tuple[Any, str]:
@@ -115,32 +200,34 @@ class Page:
         title = self.engine.session(session_id).title
         return gr.update(visible=True), f"Delete “{title}” and all its messages? This cannot be undone."
 
-    def delete(self, session_id: int | None, model: str) -> tuple[Any, ...]:
+    def delete(self, session_id: int | None, model: str) -> SessionDeleted:
         if session_id is not None:
             with contextlib.suppress(SessionNotFoundError):  # deleted meanwhile in another tab: same outcome
                 self.engine.delete_session(session_id)
-        return (None, gr.update(choices=self.session_choices(), value=None), [], self.status(model),
-                gr.update(visible=False), "Session deleted.", None, "")
+        return SessionDeleted(session=None, sessions=gr.update(choices=self.session_choices(), value=None), chat=[],
+                              status=self.status(model), confirm_delete=gr.update(visible=False),
+                              notice="Session deleted.", remembered=None, title="")
 
     def export(self, session_id: int | None, fmt: str) -> tuple[Any, str]:
         if session_id is None:
             return gr.update(visible=False), render.error_note(Exception("Open a session to export it."))
         try:
             path = self.engine.export_session(session_id, self.export_dir, "markdown" if fmt == "Markdown" else "json")
-        except USER_ERRORS as exc:
-            return gr.update(visible=False), render.error_note(exc)
+        except Exception as exc:
+            return gr.update(visible=False), self.problem(exc, "export")
         return gr.update(value=str(path), visible=True), f"Exported to {path.name}."
 
-    def import_file(self, upload: Any, model: str) -> tuple[Any, ...]:
+    def import_file(self, upload: Any, model: str) -> SessionSwitched:
         try:
             data = Path(upload if isinstance(upload, str) else upload.name).read_bytes()
             info = self.engine.import_session(data)
-        except USER_ERRORS as exc:
-            return (gr.skip(),) * 4 + (render.error_note(exc), gr.skip(), gr.skip())
+        except Exception as exc:
+            return SessionSwitched(notice=self.problem(exc, "import_file"))
         view = self.engine.open_session(info.id, model or None)
-        return (info.id, gr.update(choices=self.session_choices(), value=info.id), render.chat_history(view.messages),
-                self.status(model, view.state_tokens, view.state_bytes), f"Imported “{info.title}”.", info.id,
-                info.title)
+        return SessionSwitched(session=info.id, sessions=gr.update(choices=self.session_choices(), value=info.id),
+                               chat=render.chat_history(view.messages),
+                               status=self.status(model, view.state_tokens, view.state_bytes),
+                               notice=f"Imported “{info.title}”.", remembered=info.id, title=info.title)
 
     # --- collections -----------------------------------------------------------------------------
     def choose_collection(self, session_id: int | None, collection: str) -> str:
@@ -148,19 +235,19 @@ class Page:
             return ""
         try:
             self.engine.set_collection(session_id, collection or None)
-        except USER_ERRORS as exc:
-            return render.error_note(exc)
+        except Exception as exc:
+            return self.problem(exc, "choose_collection")
         return f"This session now searches “{collection}”." if collection else "This session searches no collection."
 
-    def index(self, folder: str, name: str) -> Iterator[tuple[Any, ...]]:
-        """Index a folder; streams progress lines, then the summary (outputs: status, collection, welcome)."""
+    def index(self, folder: str, name: str) -> Iterator[Indexing]:
+        """Index a folder; streams progress lines, then the summary."""
         yield from self._indexing(lambda progress: self.engine.index_folder(folder, name, progress=progress))
 
-    def index_docs(self) -> Iterator[tuple[Any, ...]]:
+    def index_docs(self) -> Iterator[Indexing]:
         """The first-run offer: Rillet's own Markdown as a collection."""
         yield from self._indexing(lambda progress: self.engine.index_project_docs(progress=progress))
 
-    def _indexing(self, run: Any) -> Iterator[tuple[Any, ...]]:
+    def _indexing(self, run: Any) -> Iterator[Indexing]:
         """Run `run(progress)` in a worker thread and stream its progress, then the summary or the error."""
         updates: queue.SimpleQueue[Any] = queue.SimpleQueue()
         outcome: dict[str, Any] = {}
@@ -173,18 +260,17 @@ class Page:
             finally:
                 updates.put(None)
 
-        yield "Starting…", gr.skip(), gr.skip()
+        yield Indexing(index_status="Starting…")
         threading.Thread(target=work, name="index", daemon=True).start()
         while (item := updates.get()) is not None:
-            yield render.progress_line(item), gr.skip(), gr.skip()
+            yield Indexing(index_status=render.progress_line(item))
         if "error" in outcome:
-            if not isinstance(outcome["error"], USER_ERRORS):
-                log.error("indexing failed", exc_info=outcome["error"])
-            yield render.error_note(outcome["error"]), gr.skip(), gr.skip()
+            yield Indexing(index_status=self.problem(outcome["error"], "indexing"))
             return
         report = outcome["report"]
-        yield (render.index_summary(report), gr.update(choices=self.collection_choices(), value=report.collection),
-               gr.update(visible=False))
+        yield Indexing(index_status=render.index_summary(report),
+                       collection=gr.update(choices=self.collection_choices(), value=report.collection),
+                       welcome=gr.update(visible=False))
 
     def ask_delete_collection(self, collection: str) -> tuple[Any, str]:
         if not collection:
@@ -192,22 +278,22 @@ class Page:
         return gr.update(visible=True), (f"Delete the collection “{collection}” (its index, not your files)? "
                                          "Sessions that search it will be asked to pick another.")
 
-    def delete_collection(self, collection: str) -> tuple[Any, ...]:
+    def delete_collection(self, collection: str) -> CollectionDeleted:
         try:
             self.engine.delete_collection(collection)
             note = f"Collection “{collection}” deleted."
-        except USER_ERRORS as exc:
-            note = render.error_note(exc)
+        except Exception as exc:
+            note = self.problem(exc, "delete_collection")
         choices = self.collection_choices()
-        return gr.update(choices=choices, value=NO_COLLECTION), gr.update(visible=False), note, \
-            gr.update(visible=len(choices) == 1)
+        return CollectionDeleted(collection=gr.update(choices=choices, value=NO_COLLECTION),
+                                 confirm_collection=gr.update(visible=False), notice=note,
+                                 welcome=gr.update(visible=len(choices) == 1))
 
     # --- chat ------------------------------------------------------------------------------------
     def respond(self, message: str, session_id: int | None, collection: str, history: list[dict[str, Any]] | None,
-                top_k: float, temperature: float, max_tokens: float, model: str) -> Iterator[tuple[Any, ...]]:
-        """Stream one answer. Outputs: message box, chat, session, sessions list, status, notice, remembered."""
+                top_k: float, temperature: float, max_tokens: float, model: str) -> Iterator[Answering]:
+        """Stream one answer."""
         history = list(history or [])
-        skip = gr.skip()
         try:
             served = self.engine.served(model or None)
             message = self.engine.check_message(message, served)
@@ -217,42 +303,35 @@ class Page:
                 session_id = self.engine.create_session(title_from(message), collection or None).id
             changed_elsewhere = self.visible_count(session_id) != len(history)
             ticket = self.engine.ask(session_id, message, options)
-        except USER_ERRORS as exc:
-            yield message, skip, session_id, skip, skip, render.error_note(exc), skip
+        except Exception as exc:
+            yield Answering(message=message, session=session_id, notice=self.problem(exc, "respond"))
             return
         history += [{"role": "user", "content": message}, {"role": "assistant", "content": "…"}]
-        yield "", history, session_id, gr.update(choices=self.session_choices(), value=session_id), skip, "", \
-            session_id
-        answer = ""
-        for event in ticket:
-            if isinstance(event, Waiting):
-                history[-1]["content"] = f"_Waiting for the model: {event.ahead + 1} turn(s) ahead of this one…_"
-            elif isinstance(event, Retrieved):
-                history[-1]["content"] = f"_Reading {len(event.sources)} passage(s)…_" if event.sources else "…"
-            elif isinstance(event, Piece) and event.text:
-                answer += event.text
-                history[-1]["content"] = answer
-            elif isinstance(event, Finished):
-                result = event.result
+        yield Answering(message="", chat=history, session=session_id,
+                        sessions=gr.update(choices=self.session_choices(), value=session_id), notice="",
+                        remembered=session_id)
+        for turn in follow(ticket):
+            if turn.stage == "finished":
+                result = turn.result
                 notice = result.notice or ""
                 if changed_elsewhere:
                     notice = ("This session was also changed in another tab; all of its messages are shown. "
                               + notice).strip()
-                yield (skip, render.chat_history(self.engine.messages(session_id)), session_id,
-                       gr.update(choices=self.session_choices(), value=session_id),
-                       self.status(model, result.state_tokens, result.state_bytes),
-                       render.error_note(Exception(notice)) if notice else "", skip)
+                yield Answering(chat=render.chat_history(self.engine.messages(session_id)), session=session_id,
+                                sessions=gr.update(choices=self.session_choices(), value=session_id),
+                                status=self.status(model, result.state_tokens, result.state_bytes),
+                                notice=render.error_note(notice) if notice else "")
                 return
-            elif isinstance(event, Failed | Cancelled):
-                error = event.error if isinstance(event, Failed) else Exception("The turn was cancelled.")
-                if not isinstance(error, USER_ERRORS):
-                    log.error("turn failed", exc_info=error)
-                    error = Exception(f"The answer failed: {error}. Your message is back in the box; try again.")
-                yield message, history[:-2], session_id, skip, skip, render.error_note(error), skip
+            if turn.stage in ("failed", "cancelled"):
+                # a failed turn was logged, with its traceback when it is a bug, by the model queue
+                note = shown(turn.error) if turn.error is not None else "The turn was cancelled."
+                if turn.error is not None and not isinstance(turn.error, UserError):
+                    note += " Your message is back in the box; try again."
+                yield Answering(message=message, chat=history[:-2], session=session_id,
+                                notice=render.error_note(note))
                 return
-            else:
-                continue
-            yield skip, history, skip, skip, skip, skip, skip
+            history[-1]["content"] = render.answer_so_far(turn)
+            yield Answering(chat=history)
 
     def stop(self, session_id: int | None) -> str:
         if session_id is None or not self.engine.cancel(session_id):
@@ -332,34 +411,37 @@ class Page:
                                  elem_id="rillet-model")
 
             on = {"api_visibility": "private"}  # the page's own events; the programmatic API is ui/api.py
-            session_outputs = [session, sessions, chatbot, status, notice, remembered, title]
-            demo.load(self.on_load, [remembered, model],
-                      [session, sessions, chatbot, collection, status, welcome, title, notice], **on)
-            new_btn.click(self.new_session, [collection, model], session_outputs, **on)
-            sessions.input(self.open_session, [sessions, model],
-                           [session, chatbot, collection, status, notice, remembered, title], **on)
+            named = {"session": session, "sessions": sessions, "chat": chatbot, "collection": collection,
+                     "status": status, "welcome": welcome, "title": title, "notice": notice, "remembered": remembered,
+                     "confirm_delete": confirm_delete, "confirm_collection": confirm_coll,
+                     "index_status": index_status, "message": message}
+
+            def outputs(kind: type[tuple]) -> list[Any]:
+                return [named[name] for name in kind._fields]  # type: ignore[attr-defined]
+
+            demo.load(self.on_load, [remembered, model], outputs(PageLoaded), **on)
+            new_btn.click(self.new_session, [collection, model], outputs(SessionSwitched), **on)
+            sessions.input(self.open_session, [sessions, model], outputs(SessionOpened), **on)
             rename_btn.click(self.rename, [session, title], [sessions, notice], **on)
             title.submit(self.rename, [session, title], [sessions, notice], **on)
             export_btn.click(self.export, [session, export_fmt], [export_file, notice], **on)
             delete_btn.click(self.ask_delete, [session], [confirm_delete, confirm_text], **on)
             no_btn.click(lambda: gr.update(visible=False), None, [confirm_delete], **on)
-            yes_btn.click(self.delete, [session, model],
-                          [session, sessions, chatbot, status, confirm_delete, notice, remembered, title], **on)
-            import_btn.upload(self.import_file, [import_btn, model], session_outputs, **on)
+            yes_btn.click(self.delete, [session, model], outputs(SessionDeleted), **on)
+            import_btn.upload(self.import_file, [import_btn, model], outputs(SessionSwitched), **on)
 
             collection.input(self.choose_collection, [session, collection], [notice], **on)
-            index_btn.click(self.index, [folder, collection_name], [index_status, collection, welcome],
-                            concurrency_limit=1, concurrency_id="index", **on)
-            docs_btn.click(self.index_docs, None, [index_status, collection, welcome], concurrency_limit=1,
-                           concurrency_id="index", **on)
+            index_btn.click(self.index, [folder, collection_name], outputs(Indexing), concurrency_limit=1,
+                            concurrency_id="index", **on)
+            docs_btn.click(self.index_docs, None, outputs(Indexing), concurrency_limit=1, concurrency_id="index", **on)
             delete_coll_btn.click(self.ask_delete_collection, [collection], [confirm_coll, confirm_coll_text], **on)
             coll_no.click(lambda: gr.update(visible=False), None, [confirm_coll], **on)
-            coll_yes.click(self.delete_collection, [collection], [collection, confirm_coll, notice, welcome], **on)
+            coll_yes.click(self.delete_collection, [collection], outputs(CollectionDeleted), **on)
 
             ask_inputs = [message, session, collection, chatbot, top_k, temperature, max_tokens, model]
-            ask_outputs = [message, chatbot, session, sessions, status, notice, remembered]
             for trigger in (message.submit, send_btn.click):
-                trigger(self.respond, ask_inputs, ask_outputs, concurrency_limit=None, show_progress="hidden", **on)
+                trigger(self.respond, ask_inputs, outputs(Answering), concurrency_limit=None, show_progress="hidden",
+                        **on)
             stop_btn.click(self.stop, [session], [notice], concurrency_limit=None, queue=False, **on)
             model.input(self.model_changed, [session, model], [status], **on)
             add_api(self.engine)

@@ -9,6 +9,7 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
+from app.chat.events import TurnProgress
 from app.chat.units import human_bytes
 
 LANGUAGE_HINTS = {"python": "python", "markdown": "markdown", "javascript": "javascript", "typescript": "typescript",
@@ -91,5 +92,14 @@ def index_summary(report: Any) -> str:
     return "  \n".join(lines)
 
 
-def error_note(error: BaseException) -> str:
+def answer_so_far(turn: TurnProgress) -> str:
+    """The assistant's bubble while a turn runs: where it waits or what it reads, then the text so far."""
+    if turn.stage == "waiting":
+        return f"_Waiting for the model: {(turn.ahead or 0) + 1} turn(s) ahead of this one…_"
+    if turn.stage == "reading" and turn.retrieved is not None and turn.retrieved.sources:
+        return f"_Reading {len(turn.retrieved.sources)} passage(s)…_"
+    return turn.text or "…"
+
+
+def error_note(error: BaseException | str) -> str:
     return f"⚠️ {error}"

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from backbone.errors import InvalidRequest
 
-class FolderNotAllowedError(ValueError):
+
+class FolderNotAllowedError(InvalidRequest):
     """The folder is missing, not a folder, or outside every allowed root."""
 
 

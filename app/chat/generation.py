@@ -8,16 +8,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.chat.events import Piece
 from app.chat.scheduler import Ticket
 
 PREFILL_SLICE = 256  # tokens per scheduler step while reading a prompt
-
-
-@dataclass(frozen=True)
-class Piece:
-    """Newly generated answer text (may be empty while a UTF-8 character or a stop sequence is pending)."""
-
-    text: str
 
 
 @dataclass

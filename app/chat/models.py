@@ -9,10 +9,14 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from app.chat.scheduler import Scheduler
 from app.config import Settings
+from backbone.errors import InvalidRequest, StudentNotTrained, StudentUnavailable
+
+if TYPE_CHECKING:  # a type only: importing this module stays cheap (torch loads with the first model)
+    from backbone.generate import LanguageModel
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +28,7 @@ MODEL_NAMES: tuple[ModelName, ...] = ("teacher", "student")
 class ServedModel:
     """A loaded model and the story of how it was chosen."""
 
-    model: object  # backbone.generate.LanguageModel (kept untyped so importing this stays cheap)
+    model: LanguageModel
     requested: ModelName
     name: ModelName
     device: str
@@ -53,7 +57,7 @@ class ModelRegistry:
         self._served: dict[ModelName, ServedModel] = {}
         self._lock = threading.Lock()
 
-    def adopt(self, name: ModelName, model: object) -> None:
+    def adopt(self, name: ModelName, model: LanguageModel) -> None:
         """Serve an already loaded model under `name` (tests share one loaded teacher this way)."""
         with self._lock:
             self._served[name] = ServedModel(model, name, name, str(getattr(model, "device", "cpu")))
@@ -61,15 +65,11 @@ class ModelRegistry:
     def get(self, name: ModelName | None = None) -> ServedModel:
         name = name or self.settings.model
         if name not in MODEL_NAMES:
-            raise ValueError(f"Unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}.")
+            raise InvalidRequest(f"Unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}.")
         with self._lock:
             if name not in self._served:
                 self._served[name] = self._load(name)
             return self._served[name]
-
-    def loaded(self) -> list[ServedModel]:
-        with self._lock:
-            return list(self._served.values())
 
     def _load(self, name: ModelName) -> ServedModel:
         from backbone.loader import load_model
@@ -84,8 +84,10 @@ class ModelRegistry:
             try:
                 model = load_model("student", student_path=self.settings.student_path, **common)
                 return ServedModel(model, "student", "student", device)
-            except (FileNotFoundError, ValueError) as exc:
-                note = "The student model is not trained yet; the teacher serves instead."
+            except StudentUnavailable as exc:  # missing or unusable parameters: a fact of this install, not a bug
+                note = ("The student model is not trained yet; the teacher serves instead."
+                        if isinstance(exc, StudentNotTrained)
+                        else f"The student's parameters cannot be used ({exc}); the teacher serves instead.")
                 log.warning("%s (%s)", note, exc)
                 teacher = self._served.get("teacher") or self._load("teacher")
                 self._served.setdefault("teacher", teacher)

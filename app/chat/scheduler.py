@@ -9,7 +9,8 @@ Jobs that share a key (a chat session) never run at the same time: the later one
 earlier to commit, so it sees the earlier turn.
 
 Nothing is lost: every submitted job ends with exactly one final event (`Finished`, `Failed` or
-`Cancelled`), even if it raises, is cancelled while waiting, or the scheduler shuts down.
+`Cancelled`), even if it raises, is cancelled while waiting, or the scheduler shuts down. The events are
+defined, and folded for front ends, in app/chat/events.py.
 """
 
 from __future__ import annotations
@@ -23,39 +24,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.chat.events import FINAL, Cancelled, Failed, Finished, Started, Waiting
+from backbone.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Waiting:
-    """The job is in line; `ahead` jobs will be admitted before it."""
-
-    ahead: int
-
-
-@dataclass(frozen=True)
-class Started:
-    pass
-
-
-@dataclass(frozen=True)
-class Finished:
-    """The job's generator ended; `result` is its return value."""
-
-    result: Any = None
-
-
-@dataclass(frozen=True)
-class Failed:
-    error: BaseException
-
-
-@dataclass(frozen=True)
-class Cancelled:
-    """Cancelled before it started: nothing of it ran."""
-
-
-FINAL = (Finished, Failed, Cancelled)
 
 
 class Ticket:
@@ -221,6 +195,12 @@ class Scheduler:
         except StopIteration as stop:
             ticket.put(Finished(stop.value))
         except Exception as error:  # a failing job must not take the queue down with it
-            log.exception("job %d failed", ticket.number)
+            if isinstance(error, UserError):  # the caller shows its message; not a bug
+                log.info("job %d refused: %s", ticket.number, error)
+            else:  # a bug: here is its traceback, whoever shows the failure (`backbone.errors.shown`)
+                log.exception("job %d failed", ticket.number)
             ticket.put(Failed(error))
         return True
+
+
+__all__ = ["FINAL", "Cancelled", "Failed", "Finished", "Scheduler", "Started", "Ticket", "Waiting"]

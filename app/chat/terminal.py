@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from app.chat.generation import Piece
-from app.chat.scheduler import Cancelled, Failed, Finished, Waiting
+from app.chat.events import TurnProgress
 from app.config import Settings
+from backbone.errors import UserError, shown
 
 
 def run(settings: Settings, console: Console, *, model: str | None, collection: str | None, session_id: int | None,
         options: dict[str, object]) -> int:
     """The read-answer loop; returns the exit code. Ctrl-C during an answer stops it (the part written is kept)."""
     from app.chat.units import human_bytes
-    from app.engine import USER_ERRORS, ChatEngine, TurnOptions
+    from app.engine import ChatEngine, TurnOptions
 
     engine = ChatEngine(settings)
     try:
@@ -26,7 +26,7 @@ def run(settings: Settings, console: Console, *, model: str | None, collection: 
             if collection is not None:
                 info = engine.set_collection(session_id, collection or None)
         view = engine.open_session(info.id, model)
-    except USER_ERRORS as exc:
+    except UserError as exc:
         console.print(f"[red]{exc}")
         return 2
     if served.note:
@@ -46,33 +46,35 @@ def run(settings: Settings, console: Console, *, model: str | None, collection: 
             break
         try:
             ticket = engine.ask(info.id, message, turn_options)
-        except USER_ERRORS as exc:
+        except UserError as exc:
             console.print(f"[red]{exc}")
             continue
         console.print("[bold]rillet> ", end="")
-        events = iter(ticket)
+        events, turn = iter(ticket), TurnProgress()
         while True:
             try:
-                event = next(events)
+                event = next(events)  # not events.follow: Ctrl-C here must not end the iteration
             except KeyboardInterrupt:
                 ticket.cancel()
                 continue
             except StopIteration:
                 break
-            if isinstance(event, Piece):
-                console.print(event.text, end="", markup=False, highlight=False, soft_wrap=True)
-            elif isinstance(event, Waiting):
-                console.print(f"[dim](waiting: {event.ahead + 1} ahead) ", end="")
-            elif isinstance(event, Finished):
-                result = event.result
+            if not turn.add(event):
+                continue
+            if turn.delta:
+                console.print(turn.delta, end="", markup=False, highlight=False, soft_wrap=True)
+            elif turn.stage == "waiting":
+                console.print(f"[dim](waiting: {(turn.ahead or 0) + 1} ahead) ", end="")
+            elif turn.stage == "finished":
+                result = turn.result
                 console.print(" [dim](stopped)" if result.stop_reason == "cancelled" else "")
                 if result.citations:
                     console.print("[dim]sources: " + ", ".join(c.citation for c in result.citations))
                 if result.notice:
                     console.print(f"[yellow]{result.notice}")
-            elif isinstance(event, Failed):
-                console.print(f"\n[red]{event.error}")
-            elif isinstance(event, Cancelled):
+            elif turn.stage == "failed":
+                console.print(f"\n[red]{shown(turn.error)}")  # the model queue logged a bug's traceback
+            elif turn.stage == "cancelled":
                 console.print("\n[yellow]Cancelled before it started; nothing was stored.")
     console.print(f"[dim]Session {info.id} saved; `rillet chat --session {info.id}` continues it.")
     return 0

@@ -7,6 +7,7 @@ what matters is behaviour (what is stored, what the state holds), not the words.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,26 @@ def test_without_trained_student_parameters_the_teacher_serves_and_says_so(teach
     assert (served.requested, served.name, served.model) == ("student", "teacher", teacher)
     assert "not trained" in served.note and served.label == "teacher (instead of student)"
     assert registry.get("student") is served  # decided once, not retried on every turn
+    registry.close()
+
+
+@pytest.mark.parametrize("bug", [ValueError("shapes (3, 4), (4, 5)"), KeyError("layers.3.mix")])
+def test_a_bug_while_loading_the_student_is_not_taken_for_missing_parameters(monkeypatch, tmp_path: Path,
+                                                                             bug: Exception) -> None:
+    """Only missing or unusable parameter files make the teacher serve; any other error fails loudly."""
+    import backbone.loader
+    from app.chat.models import ModelRegistry
+    from app.config import Settings
+
+    def load_model(kind: str, **_: Any) -> Any:
+        if kind == "student":
+            raise bug
+        return object()
+
+    monkeypatch.setattr(backbone.loader, "load_model", load_model)
+    registry = ModelRegistry(Settings(data_dir=tmp_path))
+    with pytest.raises(type(bug), match=re.escape(str(bug))):
+        registry.get("student")
     registry.close()
 
 

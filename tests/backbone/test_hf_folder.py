@@ -197,7 +197,7 @@ def test_unsupported_or_broken_folders_get_clear_errors(tmp_path: Path) -> None:
         read_hf_folder(folder)
 
 
-def small_shared_data(folder: Path) -> Path:
+def small_training_texts(folder: Path) -> Path:
     """The training sources' layout (prose, essays, verse) with a few kilobytes in each."""
     (folder / "text").mkdir(parents=True)
     (folder / "niah").mkdir()
@@ -211,7 +211,7 @@ def small_shared_data(folder: Path) -> Path:
 def test_convert_command_trains_and_exports_a_folder_teacher(tmp_path: Path, monkeypatch) -> None:
     folder = save_folder(tmp_path / "teacher")
     monkeypatch.setenv("RILLET_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("RILLET_SHARED_DATA", str(small_shared_data(tmp_path / "shared")))
+    monkeypatch.setenv("RILLET_SHARED_DATA", str(small_training_texts(tmp_path / "texts")))
     monkeypatch.setattr(data, "stdlib_sources", functools.partial(data.stdlib_sources, limit_bytes=40_000))
     out, runner = tmp_path / "out", CliRunner()
     common = ["--model-dir", str(folder), "--out", str(out), "--device", "cpu"]

@@ -4,8 +4,6 @@ and the trained parameters beat the same architecture untrained."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +12,7 @@ import torch
 from backbone.evaluate import bucket_perplexity, perplexity, streaming_nll
 from backbone.student import StudentConfig, build_student, load_student
 from tests.backbone.attention_helpers import relative_rms
+from tests.text import python_reference
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +21,8 @@ def student(teacher: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def prose_ids(teacher: Any, shared_data: Path) -> torch.Tensor:
-    text = (shared_data / "text" / "wikitext2_valid.txt").read_text(encoding="utf-8")[20_000:30_000]
+def prose_ids(teacher: Any) -> torch.Tensor:
+    text = python_reference()[20_000:30_000]
     return torch.tensor(teacher.tokenizer.encode(text)[:512])
 
 
@@ -74,12 +73,15 @@ def test_trained_parameters_beat_the_untrained_hybrid(teacher: Any, student: Any
     assert trained_ppl < 2 * perplexity(teacher.model, prose_ids, 512)
 
 
-def test_quality_holds_far_past_the_teachers_context(teacher: Any, student: Any, shared_data: Path) -> None:
-    """14,336 tokens of essays read through the state: the last 2,048 predicted about as well as the first
-    4,096 (measured: 1.20; without the sink-distance cap and the decay, 5.1 at window 128 everywhere)."""
-    essays = json.loads((shared_data / "niah" / "PaulGrahamEssays.json").read_text(encoding="utf-8"))["text"]
-    ids = torch.tensor(teacher.tokenizer.encode(essays[:120_000])[:14_336])
+def test_quality_holds_far_past_the_teachers_context(teacher: Any, student: Any) -> None:
+    """14,336 tokens of the Python reference read through the student's state: its last 2,048 are predicted
+    within 1.75x the perplexity of the teacher reading them with only the 2,048 tokens before them (its
+    context holds no more than 8,192). Measured: 20.2 against 13.8 (1.47); the student reading the same
+    4,096 tokens from an empty state gets 15.9."""
+    ids = torch.tensor(teacher.tokenizer.encode(python_reference()[:120_000])[:14_336])
     with torch.inference_mode():
         losses, _ = streaming_nll(student, ids, chunk=2048)
-    (_, _, early), (_, _, late) = bucket_perplexity(losses, [0, 4096, 12_288, 14_336])[::2]
-    assert late < 2 * early, (early, late)
+        reference, _ = streaming_nll(teacher, ids[-4096:], chunk=2048)
+    (_, _, late), = bucket_perplexity(losses, [12_288, 14_336])
+    (_, _, teacher_late), = bucket_perplexity(reference, [2048, 4096])
+    assert late < 1.75 * teacher_late, (late, teacher_late)

@@ -12,8 +12,8 @@ import torch
 
 from backbone.config import ModelConfig
 from backbone.kv_cache import ContextOverflowError, KVCache
-from backbone.loader import build_transformer, load_model
-from backbone.model import Transformer
+from backbone.loader import load_model
+from backbone.model import Transformer, build_transformer
 
 TINY = ModelConfig(vocab_size=97, dim=48, num_layers=2, num_heads=6, num_kv_heads=2, head_dim=8, ffn_dim=80,
                    max_context=600, rope_theta=10_000.0, norm_eps=1e-5)

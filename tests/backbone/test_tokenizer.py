@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from backbone.tokenizer import ChatTokenizer, byte_alphabet
+from tests.text import python_reference
 
 pytestmark = pytest.mark.slow
 
@@ -28,10 +28,10 @@ AWKWARD = (
 
 
 @pytest.fixture(scope="module")
-def mixed_text(shared_data: Path) -> str:
-    essays = json.loads((shared_data / "niah" / "PaulGrahamEssays.json").read_text())["text"]
+def mixed_text() -> str:
+    prose = python_reference()
     code = (Path(__file__).resolve().parents[2] / "backbone" / "model.py").read_text()
-    text = essays[5000:7500] + "\n\n" + code[:2000] + "\n\n" + NON_ASCII * 3 + AWKWARD
+    text = prose[5000:7500] + "\n\n" + code[:2000] + "\n\n" + NON_ASCII * 3 + AWKWARD
     assert len(text) > 5000
     return text
 

@@ -29,9 +29,12 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 
 def test_help_lists_the_commands(env: dict[str, str]) -> None:
+    """The Commands box of --help names exactly the commands the README documents, each with its summary."""
     out = run(["--help"], env).stdout
-    for command in ("config", "db", "doctor", "serve"):
-        assert command in out
+    box = out[out.index("Commands"):]
+    listed = {row.split()[1]: " ".join(row.split()[2:-1]) for row in box.splitlines()[1:] if row.startswith("│")}
+    assert set(listed) == {"config", "doctor", "serve", "chat", "convert", "index", "search", "collections", "db"}
+    assert listed["db"] == "Database schema." and listed["serve"] == "Start the web UI."
 
 
 def test_config_shows_environment_overrides(env: dict[str, str]) -> None:

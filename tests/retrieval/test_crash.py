@@ -37,7 +37,7 @@ def test_killed_run_is_completed_by_the_next_one(sqlite_url: str, tmp_path: Path
     assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
 
     store = retrieval._prepare_search("repo", None, None)[1]
-    with retrieval.sessions() as session:
+    with retrieval.db() as session:
         done = session.scalars(select(File.path)).all()
         orphans = session.scalars(select(File.path).where(File.status == "indexed", ~File.chunks.any())).all()
     assert 0 < len(done) < len(TOPICS) and orphans == []  # part of the work committed, whole files only
@@ -48,7 +48,7 @@ def test_killed_run_is_completed_by_the_next_one(sqlite_url: str, tmp_path: Path
     assert report.indexed == len(TOPICS) - len(done)
     assert report.unchanged == len(done)
 
-    with retrieval.sessions() as session:
+    with retrieval.db() as session:
         rows = session.execute(select(File.path, Chunk.start_line, Chunk.end_line, Chunk.text).join(Chunk)).all()
     chunker = Chunker(count_tokens)
     expected = sorted((f"{name}.py", c.start_line, c.end_line, c.text) for name, _, _ in TOPICS

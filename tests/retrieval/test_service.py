@@ -26,7 +26,7 @@ def consistent(retrieval: Retrieval, name: str) -> np.ndarray:
 
 
 def chunks_by_path(retrieval: Retrieval) -> dict[str, list[Chunk]]:
-    with retrieval.sessions() as session:
+    with retrieval.db() as session:
         rows = session.execute(select(File.path, Chunk).join(Chunk.file).order_by(Chunk.ordinal)).all()
     out: dict[str, list[Chunk]] = {}
     for path, chunk in rows:
@@ -147,5 +147,24 @@ def test_collections_lifecycle_and_clear_errors(sqlite_url: str, repo: Path, tmp
     retrieval.delete_collection("repo")
     assert retrieval.list_collections() == []
     assert not any((tmp_path / "indexes").iterdir())
-    with retrieval.sessions() as session:
+    with retrieval.db() as session:
         assert session.scalars(select(Embedding.text_hash)).all() == []
+
+
+def test_ensure_collection_creates_or_checks_the_folder(sqlite_url: str, repo: Path, tmp_path: Path,
+                                                        embedder: SentenceEmbedder) -> None:
+    """The one rule behind `rillet index` and the page's Index button: a name is one folder."""
+    from backbone.errors import UserError
+    from retrieval.service import CollectionElsewhereError
+
+    retrieval = open_retrieval(sqlite_url, tmp_path / "indexes", embedder)
+    made = retrieval.ensure_collection("pkg", repo / "pkg" / ".." / "pkg")
+    assert (made.roots, made.ignore) == ([str((repo / "pkg").resolve())], [])
+    again = retrieval.ensure_collection("pkg", repo / "pkg", ignore=["helpers.py"])
+    assert (again.roots, again.ignore, again.created_at) == (made.roots, ["helpers.py"], made.created_at)
+    assert retrieval.ensure_collection("pkg", repo / "pkg").ignore == ["helpers.py"]  # no ignore given: kept
+    with pytest.raises(CollectionElsewhereError, match="already indexes") as refused:
+        retrieval.ensure_collection("pkg", repo / "docs")
+    assert isinstance(refused.value, UserError)
+    assert (refused.value.roots, refused.value.root) == (made.roots, str((repo / "docs").resolve()))
+    assert [c.name for c in retrieval.list_collections()] == ["pkg"]

@@ -46,3 +46,18 @@ def test_progress_and_summary() -> None:
     summary = render.index_summary(report)
     assert "**Indexed `docs`** in 3.2 s: 12 files" in summary
     assert "Skipped 3 files: 2 binary, 1 too large." in summary and "`bad.pdf`: damaged" in summary
+
+
+def test_the_answer_bubble_says_where_the_turn_is() -> None:
+    from app.chat.events import Piece, Retrieved, TurnProgress, Waiting
+    from app.chat.prompt import Source
+
+    turn = TurnProgress()
+    bubbles = []
+    source = Source("a.py:1-2", "a.py", 1, 2, "x = 1", 0.5, "python")
+    events = (Waiting(0), Retrieved([], [], 10), Retrieved([source, source], [], 10), Piece("Two"), Piece(" words"))
+    for event in events:
+        turn.add(event)
+        bubbles.append(render.answer_so_far(turn))
+    assert bubbles == ["_Waiting for the model: 1 turn(s) ahead of this one…_", "…", "_Reading 2 passage(s)…_", "Two",
+                       "Two words"]
