@@ -25,7 +25,7 @@ class Answer:
     text: str = ""
     prompt_tokens: int = 0
     token_ids: list[int] = field(default_factory=list)
-    stop_reason: str = "max_new_tokens"  # also: end_of_turn, context_full, stop_sequence, cancelled
+    stop_reason: str = "max_new_tokens"  # also: end_of_turn, context_full, repetition, stop_sequence, cancelled
 
     @property
     def generated_tokens(self) -> int:
@@ -67,7 +67,7 @@ def generation_steps(model: Any, prompt_ids: list[int], state: Any, sampling: An
     The state ends holding the prompt and every generated token (like `LanguageModel.stream`). A
     cancelled ticket ends the answer after the current step, keeping what was generated.
     """
-    from backbone.generate import StreamDecoder
+    from backbone.generate import AnswerText
 
     if not prompt_ids:
         raise ValueError("Nothing to answer: the prompt is empty.")
@@ -79,8 +79,7 @@ def generation_steps(model: Any, prompt_ids: list[int], state: Any, sampling: An
             return answer
         model.prefill(head[start : start + PREFILL_SLICE], state)
         yield Piece("")
-    decoder = StreamDecoder(model.tokenizer.token_bytes)
-    stop_ids = model.tokenizer.stop_ids
+    text = AnswerText(model.tokenizer.token_bytes, model.tokenizer.stop_ids, sampling.loop_stop)
     matcher = StopMatcher(stops)
     tokens = model.iter_tokens(tail, state, sampling)
     while True:
@@ -93,7 +92,7 @@ def generation_steps(model: Any, prompt_ids: list[int], state: Any, sampling: An
             answer.stop_reason = stop.value or "max_new_tokens"
             break
         answer.token_ids.append(token)
-        shown = matcher.push("" if token in stop_ids else decoder.push(token))
+        shown = matcher.push(text.push(token))
         answer.text += shown
         if matcher.matched:
             answer.stop_reason = "stop_sequence"
@@ -101,7 +100,7 @@ def generation_steps(model: Any, prompt_ids: list[int], state: Any, sampling: An
             break
         yield Piece(shown)
     if not matcher.matched:
-        rest = matcher.push(decoder.flush())
+        rest = matcher.push(text.finish(answer.stop_reason))
         rest += "" if matcher.matched else matcher.flush()
         if rest:
             answer.text += rest
