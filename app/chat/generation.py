@@ -4,6 +4,7 @@ so the queue can interleave users; cancellation and stop sequences end an answer
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,16 @@ class Piece:
     """Newly generated answer text (may be empty while a UTF-8 character or a stop sequence is pending)."""
 
     text: str
+
+
+SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
+
+
+def cut_to_sentence(text: str) -> str:
+    """The text up to the end of its last whole sentence or line (all of it when it has neither): an
+    answer ended by the loop stop would otherwise stop mid-sentence, where the repeat began."""
+    ends = [m.end() for m in SENTENCE_END.finditer(text)]
+    return text[: ends[-1]].rstrip() if ends and text[: ends[-1]].strip() else text
 
 
 @dataclass
@@ -65,7 +76,10 @@ def generation_steps(model: Any, prompt_ids: list[int], state: Any, sampling: An
     """Read `prompt_ids` into `state` and generate; one yield per scheduler step; returns the `Answer`.
 
     The state ends holding the prompt and every generated token (like `LanguageModel.stream`). A
-    cancelled ticket ends the answer after the current step, keeping what was generated.
+    cancelled ticket ends the answer after the current step, keeping what was generated. When the loop
+    stop ends it (`SamplingConfig.loop_stop`), the start of the repeat is never streamed, and the
+    answer returned is cut back to its last whole sentence or line (`cut_to_sentence`); the page shows
+    the stored answer once it is finished.
     """
     from backbone.generate import AnswerText
 
@@ -105,4 +119,6 @@ def generation_steps(model: Any, prompt_ids: list[int], state: Any, sampling: An
         if rest:
             answer.text += rest
             yield Piece(rest)
+    if answer.stop_reason == "repetition":  # the final text (what is stored) ends at a sentence's end
+        answer.text = cut_to_sentence(answer.text)
     return answer

@@ -205,3 +205,16 @@ def test_the_chat_engine_streams_what_it_keeps() -> None:
 ])
 def test_pending_repeat_is_the_longest_tail_already_written(answer: list[int], span: int, held: int) -> None:
     assert pending_repeat(answer, span) == held
+
+
+@pytest.mark.parametrize(("text", "kept"), [
+    ("It reads the file. Then it is used to", "It reads the file."),
+    ("Use `default=1`.\n\nThe help text of a command is formatted by", "Use `default=1`."),
+    ("```python\nx = 1\ny = ", "```python\nx = 1"),
+    ("No sentence end at all", "No sentence end at all"),
+    ("Version 2.0 is out. It", "Version 2.0 is out."),
+])
+def test_an_answer_ended_by_the_loop_stop_is_cut_back_to_a_whole_sentence(text: str, kept: str) -> None:
+    from app.chat.generation import cut_to_sentence
+
+    assert cut_to_sentence(text) == kept
