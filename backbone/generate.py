@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import math
+import re
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -37,12 +38,13 @@ class SamplingConfig:
     - `no_repeat_ngram_size` (Hugging Face's): a token that would complete an n-gram of this many
       tokens that the answer already contains is never chosen (0: off).
     - `min_p`: when sampling, drop tokens whose probability is below min_p times the top token's.
-    - `loop_stop`: end the answer (stop reason "repetition") when the token chosen would complete a
-      run of this many tokens that the answer already wrote (0: off). That token is not emitted, and
-      the `loop_stop - 1` tokens before it (the start of the repeat) are not part of the answer's
-      text: `AnswerText` holds back tokens that may start a repeat until they prove not to. With
-      `no_repeat_ngram_size` at or below this span such a token is never chosen, so the two are
-      alternatives: divert the model, or end the answer.
+    - `loop_stop`: end the answer (stop reason "repetition") when the token chosen would make its last
+      `loop_stop` words repeat a run of words the answer already wrote (0: off). Words, not tokens,
+      as a reader sees them: runs of letters, digits and underscores, case, spacing and punctuation
+      ignored (`repeats_words`), so "the `copytree` function" and "The copytree function" are the
+      same three words. That token is not emitted, and the words before it that began the repeat
+      are not part of the answer's text: `AnswerText` holds back words that may start a repeat
+      until they prove not to (`repeat_start`).
 
     Order of application (as in llama.cpp): penalties, n-gram blocking, temperature, top-p and min-p.
     """
@@ -110,14 +112,6 @@ def banned_tokens(answer: Sequence[int], n: int) -> set[int]:
     first = tail[0]
     return {answer[i + n - 1] for i in range(len(answer) - n + 1)
             if answer[i] == first and list(answer[i : i + n - 1]) == tail}
-
-
-def repeats_span(answer: Sequence[int], token: int, span: int) -> bool:
-    """Whether `token` after `answer` would make the last `span` tokens equal to a run written earlier
-    (the runs may overlap: a b a b a b repeats "a b a b")."""
-    if span < 1 or len(answer) < span:
-        return False
-    return token in banned_tokens(answer, span)
 
 
 def penalise(logits: torch.Tensor, answer: Sequence[int], config: SamplingConfig) -> torch.Tensor:
@@ -191,49 +185,82 @@ class StreamDecoder:
         return self._utf8.decode(b"", final=True)
 
 
-def pending_repeat(answer: Sequence[int], span: int) -> int:
-    """How many of the answer's last tokens may be the start of a repeat of `span` tokens: the longest
-    suffix shorter than `span` that also occurs earlier in the answer (0 when the last token is new)."""
-    n = len(answer)
-    ends = [j for j in range(n - 1) if answer[j] == answer[-1]] if span > 1 and n > 1 else []
-    k = 0
-    while ends:  # `ends`: where the suffix of length k + 1 also ends, earlier on
-        k += 1
-        if k == span - 1 or k == n - 1:
+WORD = re.compile(r"\w+")
+
+
+def _words(text: str) -> list[re.Match[str]]:
+    return list(WORD.finditer(text))
+
+
+def repeats_words(text: str, span: int) -> bool:
+    """Whether the last `span` words of `text` (runs of letters, digits and underscores, case ignored) repeat
+    a run of words written earlier in it (the two runs may overlap: "a b a b a b" repeats "a b a b")."""
+    words = [m.group().lower() for m in _words(text)]
+    n = len(words)
+    if span < 1 or n <= span:
+        return False
+    tail = words[n - span:]
+    return any(words[i : i + span] == tail for i in range(n - span))
+
+
+def repeat_start(text: str, span: int) -> int:
+    """Where the part of `text` begins that may be the start of a repeat of `span` words: the longest run of
+    its last words, shorter than `span`, that was already written (its last word may be unfinished: then
+    it only has to begin an earlier word). len(text) when the text ends with nothing written before."""
+    matches = _words(text)
+    words = [m.group().lower() for m in matches]
+    n = len(words)
+    if span < 2 or n < 2:
+        return len(text)
+    open_word = matches[-1].end() == len(text)  # the last word may still grow
+
+    def same(i: int, j: int) -> bool:  # word i (earlier) and word j of the tail
+        return words[i].startswith(words[j]) if open_word and j == n - 1 else words[i] == words[j]
+
+    best = 0
+    for k in range(1, min(span - 1, n - 1) + 1):  # a longer run holds the shorter ones: stop at the first miss
+        if not any(all(same(i + m, n - k + m) for m in range(k)) for i in range(n - k)):
             break
-        ends = [j for j in ends if j - k >= 0 and answer[j - k] == answer[n - 1 - k]]
-    return k
+        best = k
+    if not best:
+        return len(text)
+    start = matches[n - best].start()
+    while start and text[start - 1].isspace():  # the space before the run goes with it
+        start -= 1
+    return start
 
 
 class AnswerText:
     """The text of an answer as its tokens come: UTF-8-safe (`StreamDecoder`), stop tokens not shown, and
-    with `loop_stop` the tokens that may be the start of a repeat held back until they prove not to be
-    (`pending_repeat`). When the loop stop ends the answer, what is held back is dropped, so the text
-    streamed is the answer kept: it never shows the start of the repeat."""
+    with `loop_stop` the words that may be the start of a repeat held back until they prove not to be
+    (`repeat_start`). When the loop stop ends the answer, what is held back is dropped, so the text
+    streamed never shows the start of the repeat."""
 
     def __init__(self, token_bytes: list[bytes], stop_ids: set[int] | frozenset[int], loop_stop: int = 0) -> None:
         self.decoder = StreamDecoder(token_bytes)
         self.stop_ids = stop_ids
         self.loop_stop = loop_stop
-        self.tokens: list[int] = []
-        self.shown = 0  # tokens whose text was handed out
+        self.text = ""
+        self.shown = 0  # characters of `text` handed out
 
     def push(self, token: int) -> str:
         """The text that can be shown now that `token` came."""
         if token in self.stop_ids:
-            return self._release(len(self.tokens))
-        self.tokens.append(token)
-        held = pending_repeat(self.tokens, self.loop_stop) if self.loop_stop else 0
-        return self._release(len(self.tokens) - held)
+            return self._release(len(self.text))
+        self.text += self.decoder.push(token)
+        return self._release(repeat_start(self.text, self.loop_stop) if self.loop_stop else len(self.text))
 
     def finish(self, stop_reason: str) -> str:
         """The rest of the text: what was held back (unless a loop ended the answer) and a last character."""
-        return ("" if stop_reason == "repetition" else self._release(len(self.tokens))) + self.decoder.flush()
+        if stop_reason == "repetition":
+            return ""
+        self.text += self.decoder.flush()
+        return self._release(len(self.text))
 
     def _release(self, upto: int) -> str:
-        text = "".join(self.decoder.push(t) for t in self.tokens[self.shown : upto])
+        piece = self.text[self.shown : upto] if upto > self.shown else ""
         self.shown = max(self.shown, upto)
-        return text
+        return piece
 
 
 @dataclass
@@ -318,7 +345,7 @@ class LanguageModel:
         generator early (a user pressing stop) still feeds the last token it yielded. The repetition
         controls see only the tokens yielded here (the answer), never `prompt_ids`. On "repetition"
         (`loop_stop`) the token that would have completed the repeat is neither yielded nor fed; the
-        last `loop_stop - 1` yielded tokens are the start of the repeat (`AnswerText` leaves them out).
+        words before it that began the repeat were yielded (`AnswerText` leaves them out).
         """
         if not isinstance(sampling, SamplingConfig):
             raise TypeError("sampling must be a SamplingConfig.")
@@ -326,12 +353,15 @@ class LanguageModel:
         logits = self.prefill(prompt_ids, state)
         stop_ids = self.tokenizer.stop_ids
         answer: list[int] = []
+        written = b""  # the answer's bytes, for the loop stop
         for _ in range(sampling.max_new_tokens):
             if self.max_context is not None and state.num_tokens >= self.max_context:
                 return "context_full"
             token = sampler(logits, answer)
-            if sampling.loop_stop and repeats_span(answer, token, sampling.loop_stop):
-                return "repetition"
+            if sampling.loop_stop and token not in stop_ids:
+                written += self.tokenizer.token_bytes[token]
+                if repeats_words(written.decode("utf-8", errors="ignore"), sampling.loop_stop):
+                    return "repetition"
             answer.append(token)
             try:
                 yield token

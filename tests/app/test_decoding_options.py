@@ -19,7 +19,8 @@ def test_turn_options_carry_every_decoding_setting_with_the_shared_defaults() ->
     chosen = TurnOptions(repetition_penalty=1.3, no_repeat_ngram_size=4, loop_stop=12, min_p=0.1,
                          presence_penalty=0.5, frequency_penalty=0.25, penalty_window=32).sampling()
     assert (chosen.repetition_penalty, chosen.no_repeat_ngram_size, chosen.loop_stop, chosen.min_p,
-            chosen.presence_penalty, chosen.frequency_penalty, chosen.penalty_window) == (1.3, 4, 12, 0.1, 0.5, 0.25, 32)
+            chosen.presence_penalty, chosen.frequency_penalty,
+            chosen.penalty_window) == (1.3, 4, 12, 0.1, 0.5, 0.25, 32)
 
 
 @pytest.mark.parametrize(("name", "value"), [("repetition_penalty", 0.0), ("no_repeat_ngram_size", -1),

@@ -15,8 +15,8 @@ from backbone.generate import (
     Sampler,
     SamplingConfig,
     banned_tokens,
-    pending_repeat,
-    repeats_span,
+    repeat_start,
+    repeats_words,
 )
 
 
@@ -108,12 +108,14 @@ def test_min_p_drops_tokens_below_a_fraction_of_the_top_probability() -> None:
 
 
 def test_the_loop_rule_on_a_constructed_stream() -> None:
-    stream = [1, 2, 3, 4, 9, 1, 2, 3]
-    assert repeats_span(stream, 4, 4)  # "1 2 3 4" again
-    assert not repeats_span(stream, 5, 4)
-    assert not repeats_span(stream, 4, 5)  # "9 1 2 3 4" was never written
-    assert repeats_span([1, 2, 1, 2, 1], 2, 4)  # "1 2 1 2" overlapping its earlier copy
-    assert not repeats_span([1, 2, 3], 3, 4)  # too short to hold a repeat of 4
+    stream = "It copies the files of a tree. Then it copies the files of"
+    assert repeats_words(stream, 5)  # "it copies the files of", case ignored
+    assert not repeats_words(stream, 6)  # "then it copies the files of" is new
+    assert repeats_words(stream + " a", 6)  # "it copies the files of a"
+    assert not repeats_words(stream + " the", 6)
+    assert repeats_words("The `copytree` function copies. the Copytree FUNCTION", 3)  # quotes, case, spacing
+    assert repeats_words("a b a b a b", 4)  # "a b a b" overlapping its earlier copy
+    assert not repeats_words("a b c", 3)  # too short to hold a repeat of 3
 
 
 class Cycle(torch.nn.Module):
@@ -138,7 +140,7 @@ class Cycle(torch.nn.Module):
 def cycle_model() -> LanguageModel:
     config = ModelConfig(vocab_size=Cycle.vocab, dim=8, num_layers=1, num_heads=1, num_kv_heads=1, head_dim=8,
                          ffn_dim=8, max_context=1000)
-    tokenizer = SimpleNamespace(stop_ids={0}, token_bytes=[f"<{i}>".encode() for i in range(Cycle.vocab)])
+    tokenizer = SimpleNamespace(stop_ids={0}, token_bytes=[f" w{i}".encode() for i in range(Cycle.vocab)])
 
     def make_state() -> SimpleNamespace:
         return SimpleNamespace(num_tokens=0, last=None)
@@ -173,15 +175,15 @@ def test_the_loop_stop_ends_the_answer_before_the_repeat_and_never_shows_its_sta
     model = cycle_model()
     state = model.new_state()
     result = model.generate([13], state, SamplingConfig(max_new_tokens=50, loop_stop=4))
-    # 10 11 12 13 10 11 12 came; 13 would have repeated "10 11 12 13": not emitted, the answer stops
+    # w10 w11 w12 w13 w10 w11 w12 came; w13 would have repeated "w10 w11 w12 w13": not emitted, the answer stops
     assert result.stop_reason == "repetition"
     assert result.token_ids == [10, 11, 12, 13, 10, 11, 12]
     assert state.num_tokens == 1 + 7  # the prompt and every token yielded, not the refused one
-    assert result.text == "<10><11><12><13>"  # the start of the repeat is not part of the answer
+    assert result.text == " w10 w11 w12 w13"  # the start of the repeat is not part of the answer
     pieces = list(model.stream([13], model.new_state(), SamplingConfig(max_new_tokens=50, loop_stop=4)))
-    assert "".join(pieces) == "<10><11><12><13>"  # held back while it might start a repeat, then dropped
+    assert "".join(pieces) == " w10 w11 w12 w13"  # held back while it might start a repeat, then dropped
     assert cycle_model().generate([13], sampling=SamplingConfig(max_new_tokens=6, loop_stop=5)).text == \
-        "<10><11><12><13><10><11>"  # an answer that ends otherwise keeps what was held back
+        " w10 w11 w12 w13 w10 w11"  # an answer that ends otherwise keeps what was held back
 
 
 def test_the_chat_engine_streams_what_it_keeps() -> None:
@@ -196,15 +198,21 @@ def test_the_chat_engine_streams_what_it_keeps() -> None:
         except StopIteration as stop:
             answer = stop.value
             break
-    assert answer.stop_reason == "repetition" and answer.text == "".join(shown) == "<10><11><12><13>"
+    assert answer.stop_reason == "repetition" and answer.text == "".join(shown) == " w10 w11 w12 w13"
 
 
-@pytest.mark.parametrize(("answer", "span", "held"), [
-    ([1, 2, 3, 4], 4, 0), ([1, 2, 3, 1], 4, 1), ([1, 2, 3, 1, 2], 4, 2), ([1, 2, 3, 1, 2, 3], 4, 3),
-    ([1, 2, 3, 1, 2, 3], 3, 2), ([5, 5, 5, 5], 8, 3), ([7], 4, 0), ([1, 2, 9, 2], 4, 1), ([1, 2, 3, 1, 2], 0, 0),
+@pytest.mark.parametrize(("text", "span", "held"), [
+    ("one two three", 4, ""),  # nothing written twice
+    ("one two three one", 4, " one"),  # "one" may start "one two three" again
+    ("one two three one tw", 4, " one tw"),  # an unfinished word only has to begin an earlier one
+    ("one two three one two.", 4, " one two."),
+    ("one two three one two three", 3, " two three"),  # at most span - 1 words
+    ("a b c one", 4, ""),
+    ("x y z", 0, ""),
+    ("Copy the tree. copy THE", 3, " copy THE"),
 ])
-def test_pending_repeat_is_the_longest_tail_already_written(answer: list[int], span: int, held: int) -> None:
-    assert pending_repeat(answer, span) == held
+def test_repeat_start_holds_the_words_that_may_begin_a_repeat(text: str, span: int, held: str) -> None:
+    assert text[repeat_start(text, span):] == held
 
 
 @pytest.mark.parametrize(("text", "kept"), [
