@@ -43,3 +43,12 @@ def test_the_command_line_and_the_api_use_the_same_names() -> None:
     source = inspect.getsource(ui.api.add_api)
     for name in defaults.DECODING:
         assert f"{name}: " in source  # a parameter of /ask
+
+
+def test_the_langchain_model_takes_the_same_settings() -> None:
+    from app.langchain_chat import ChatRillet
+
+    params = ChatRillet(model="teacher", loop_stop=6, repetition_penalty=1.2)._identifying_params
+    assert params["loop_stop"] == 6 and params["repetition_penalty"] == 1.2
+    assert {name: params[name] for name in defaults.DECODING if name not in ("loop_stop", "repetition_penalty")} \
+        == {name: value for name, value in defaults.DECODING.items() if name not in ("loop_stop", "repetition_penalty")}
