@@ -31,3 +31,8 @@ DECODING = {
     "min_p": MIN_P,
     "loop_stop": LOOP_STOP,
 }
+
+
+def sampling_fields() -> dict[str, float | int]:
+    """Every decoding default but the answer length, as `SamplingConfig` keyword arguments."""
+    return {"temperature": TEMPERATURE, "top_p": TOP_P, **DECODING}
