@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from app.chat import defaults
 from app.config import Settings, get_settings
 from app.terminal_text import line, text
 
@@ -103,18 +104,35 @@ def chat(
                                                 "while the student is not trained)."),
     collection: str | None = typer.Option(None, "--collection", "-c", help="Collection the questions search."),
     session: int | None = typer.Option(None, "--session", "-s", help="Continue this session (default: a new one)."),
-    top_k: int = typer.Option(4, help="Passages retrieved per question."),
-    max_new_tokens: int = typer.Option(256, help="Longest answer, in tokens."),
-    temperature: float = typer.Option(0.0, help="0 answers greedily; higher values vary more."),
-    top_p: float = typer.Option(1.0, help="Nucleus sampling mass, in (0, 1]."),
+    top_k: int = typer.Option(defaults.TOP_K, help="Passages retrieved per question."),
+    max_new_tokens: int = typer.Option(defaults.MAX_NEW_TOKENS, help="Longest answer, in tokens."),
+    temperature: float = typer.Option(defaults.TEMPERATURE, help="0 answers greedily; higher values vary more."),
+    top_p: float = typer.Option(defaults.TOP_P, help="Nucleus sampling mass, in (0, 1]."),
     seed: int | None = typer.Option(None, help="Makes sampled answers repeatable."),
+    repetition_penalty: float = typer.Option(defaults.REPETITION_PENALTY,
+                                             help="Divides positive (multiplies negative) logits of tokens the "
+                                                  "answer used recently; 1 is off."),
+    presence_penalty: float = typer.Option(defaults.PRESENCE_PENALTY,
+                                           help="Subtracted once from a recently used token's logit, in [-2, 2]."),
+    frequency_penalty: float = typer.Option(defaults.FREQUENCY_PENALTY,
+                                            help="Subtracted per use from a recently used token's logit, in [-2, 2]."),
+    penalty_window: int = typer.Option(defaults.PENALTY_WINDOW,
+                                       help="Latest answer tokens the penalties look at (0: the whole answer)."),
+    no_repeat_ngram_size: int = typer.Option(defaults.NO_REPEAT_NGRAM_SIZE,
+                                             help="Never repeat an n-gram of this many tokens in an answer (0: off)."),
+    min_p: float = typer.Option(defaults.MIN_P,
+                                help="When sampling, drop tokens below min-p times the top one's probability."),
+    loop_stop: int = typer.Option(defaults.LOOP_STOP,
+                                  help="End an answer that starts repeating a run of this many tokens (0: off)."),
 ) -> None:
     """Chat in the terminal, with the web app's sessions and collections (an empty line or Ctrl-D quits)."""
     from app.chat.terminal import run
 
     settings = get_settings()
     options = {"top_k": top_k, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
-               "seed": seed}
+               "seed": seed, "repetition_penalty": repetition_penalty, "presence_penalty": presence_penalty,
+               "frequency_penalty": frequency_penalty, "penalty_window": penalty_window,
+               "no_repeat_ngram_size": no_repeat_ngram_size, "min_p": min_p, "loop_stop": loop_stop}
     raise typer.Exit(run(settings, console, model=model, collection=collection, session_id=session, options=options))
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.chat import defaults
 from app.chat.events import Retrieved
 from app.chat.generation import Answer, Piece, generation_steps
 from app.chat.models import ModelRegistry, ServedModel, shared_registry
@@ -65,26 +66,46 @@ class TurnNotSaved(UserError, RuntimeError):
 
 @dataclass(frozen=True)
 class TurnOptions:
-    top_k: int = 4
+    top_k: int = defaults.TOP_K
     recall_k: int = 2
-    temperature: float = 0.0
-    max_new_tokens: int = 256
-    source_tokens: int = 1024
-    top_p: float = 1.0
+    temperature: float = defaults.TEMPERATURE
+    max_new_tokens: int = defaults.MAX_NEW_TOKENS
+    source_tokens: int = defaults.SOURCE_TOKENS
+    top_p: float = defaults.TOP_P
     seed: int | None = None
+    # Repetition controls and min-p: backbone.generate.SamplingConfig says what each does, and checks them.
+    repetition_penalty: float = defaults.REPETITION_PENALTY
+    presence_penalty: float = defaults.PRESENCE_PENALTY
+    frequency_penalty: float = defaults.FREQUENCY_PENALTY
+    penalty_window: int = defaults.PENALTY_WINDOW
+    no_repeat_ngram_size: int = defaults.NO_REPEAT_NGRAM_SIZE
+    min_p: float = defaults.MIN_P
+    loop_stop: int = defaults.LOOP_STOP
     model: str | None = None  # None: settings.model
+
+    def sampling(self) -> Any:
+        """The backbone's SamplingConfig for these options (ValueError when one is out of range)."""
+        from backbone.generate import SamplingConfig
+
+        return SamplingConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                              seed=self.seed, repetition_penalty=self.repetition_penalty,
+                              presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
+                              penalty_window=self.penalty_window, no_repeat_ngram_size=self.no_repeat_ngram_size,
+                              min_p=self.min_p, loop_stop=self.loop_stop)
 
     def __post_init__(self) -> None:
         checks = [(0 <= self.top_k <= 20, "top-k must be between 0 and 20"),
                   (0 <= self.recall_k <= 10, "recall-k must be between 0 and 10"),
                   (0 <= self.temperature <= 2, "temperature must be between 0 and 2"),
                   (1 <= self.max_new_tokens <= 4096, "max answer tokens must be between 1 and 4096"),
-                  (64 <= self.source_tokens <= 6000, "the passage budget must be between 64 and 6000 tokens"),
-                  (0 < self.top_p <= 1, "top-p must be in (0, 1]"),
-                  (self.seed is None or self.seed >= 0, "the seed must be a whole number >= 0")]
+                  (64 <= self.source_tokens <= 6000, "the passage budget must be between 64 and 6000 tokens")]
         for ok, message in checks:
             if not ok:
                 raise TurnRefused(f"Invalid setting: {message}.")
+        try:  # what the sampler takes (top-p, seed, repetition controls, min-p) is checked by SamplingConfig alone
+            self.sampling()
+        except (TypeError, ValueError) as exc:
+            raise TurnRefused(f"Invalid setting: {exc}") from None
 
 
 @dataclass
@@ -339,8 +360,6 @@ class ChatEngine:
     def _turn(self, ticket: Ticket, session_id: int, message: str, options: TurnOptions, served: ServedModel,
               started: float, input_notice: str | None = None) -> Iterator[Any]:
         """The turn itself, on the model queue: one yield per bounded piece of work."""
-        from backbone.generate import SamplingConfig
-
         model = served.model
         loaded = self._load(session_id, served)
         yield None
@@ -360,8 +379,7 @@ class ChatEngine:
         yield Retrieved(prompt.sources, recalled, len(prompt.ids))
 
         fork = loaded.state.clone()
-        sampling = SamplingConfig(max_new_tokens=options.max_new_tokens, temperature=options.temperature,
-                                  top_p=options.top_p, seed=options.seed)
+        sampling = options.sampling()
         steps = generation_steps(model, prompt.ids, fork, sampling, ticket)
         first_token_s = None
         while True:
