@@ -82,7 +82,9 @@ def serve(
                                     "--auth-file or RILLET_AUTH)."),
     auth_file: Annotated[Path | None, typer.Option(help="A file whose first line is user:password.")] = None,
 ) -> None:
-    """Start the web UI (with a login page when a credential is given: --auth, --auth-file or RILLET_AUTH)."""
+    """Start the web UI.
+
+    With a credential (--auth, --auth-file or RILLET_AUTH) the page asks for it first."""
     from ui.auth import read_credential
     from ui.server import serve as run_server
 
