@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from app.chat.events import Retrieved
 from app.chat.generation import Answer, Piece, generation_steps
 from app.chat.models import ModelRegistry, ServedModel, shared_registry
@@ -39,6 +41,7 @@ from memory.errors import SessionConflictError, SessionNotFoundError
 from memory.recall import SessionRecall
 from memory.records import ChatMessage, LoadedSession, SessionInfo
 from memory.sessions import SessionStore
+from memory.text import clean_message
 from memory.transcript import feed
 from retrieval.service import CollectionNotFoundError, Retrieval
 
@@ -54,6 +57,10 @@ DOCS_COLLECTION = "rillet-docs"
 
 class TurnRefused(InvalidRequest):
     """The turn cannot run as asked; the message says what to do. Nothing was sent or stored."""
+
+
+class TurnNotSaved(UserError, RuntimeError):
+    """The answer was written, but the database did not store the turn: nothing of it was kept (send it again)."""
 
 
 @dataclass(frozen=True)
@@ -266,7 +273,10 @@ class ChatEngine:
     # --- chat turns ------------------------------------------------------------------------------
     def check_message(self, message: str, served: ServedModel) -> str:
         """The message to send, or `TurnRefused` saying why not (before anything is queued)."""
-        if not isinstance(message, str) or not message.strip():
+        if not isinstance(message, str):
+            raise TurnRefused("The message is empty; type a question first.")
+        message, _ = clean_message(message)  # control characters: removed (`ask` tells the user)
+        if not message.strip():
             raise TurnRefused("The message is empty; type a question first.")
         if len(message) > MAX_MESSAGE_CHARS:
             raise TurnRefused(f"The message has {len(message):,} characters; one message can have at most "
@@ -282,6 +292,7 @@ class ChatEngine:
         """Queue a turn; iterate the ticket for its events. `TurnRefused` for bad input, at once."""
         options = options or TurnOptions()
         served = self.served(options.model)
+        removed = clean_message(message)[1] if isinstance(message, str) else None
         message = self.check_message(message, served)
         info = self.store.get(session_id)  # SessionNotFoundError for a deleted session
         if info.collection:
@@ -292,7 +303,7 @@ class ChatEngine:
                                   "Pick another collection (or none) for it. Nothing was sent.") from None
         started = time.perf_counter()
         ticket = self.registry.scheduler.submit(
-            lambda t: self._turn(t, session_id, message, options, served, started), key=_key(session_id))
+            lambda t: self._turn(t, session_id, message, options, served, started, removed), key=_key(session_id))
         with self._tickets_lock:
             self._tickets = [t for t in self._tickets if not t.done] + [ticket]
         return ticket
@@ -325,7 +336,7 @@ class ChatEngine:
         return sources, recalled
 
     def _turn(self, ticket: Ticket, session_id: int, message: str, options: TurnOptions, served: ServedModel,
-              started: float) -> Iterator[Any]:
+              started: float, input_notice: str | None = None) -> Iterator[Any]:
         """The turn itself, on the model queue: one yield per bounded piece of work."""
         from backbone.generate import SamplingConfig
 
@@ -363,7 +374,7 @@ class ChatEngine:
             yield piece
         del fork
 
-        text = answer.text.strip()
+        text = clean_message(answer.text)[0].strip()  # what is stored is exactly what the state reads
         if answer.stop_reason == "cancelled":
             if not text:  # stopped before any word: nothing worth keeping
                 return TurnResult(loaded.info, message, "", [], "cancelled", served.label, len(prompt.ids), 0,
@@ -372,6 +383,7 @@ class ChatEngine:
             text += STOPPED_NOTE
         citations = [s.to_dict() for s in prompt.sources]
         info, state, notice = self._commit(session_id, loaded, served, message, text, citations)
+        notice = " ".join(n for n in (input_notice, loaded.notice, notice) if n) or None
         return TurnResult(info, message, text, prompt.sources, answer.stop_reason, served.label, len(prompt.ids),
                           answer.generated_tokens, first_token_s, time.perf_counter() - started,
                           state.num_tokens, state.nbytes, notice)
@@ -389,6 +401,11 @@ class ChatEngine:
             try:
                 info = self.store.append_turn(session_id, message, answer, state, model_fingerprint=model.fingerprint,
                                               expected_version=loaded.version, citations=citations)
+            except (SQLAlchemyError, UnicodeError) as exc:
+                log.error("session %d: the turn could not be stored", session_id, exc_info=exc)
+                raise TurnNotSaved(
+                    f"The answer could not be saved: the database refused it ({_db_reason(exc)}). Nothing of this "
+                    "turn was stored; the session is as it was before your message. Send it again.") from None
             except SessionConflictError:
                 if attempt:
                     raise
@@ -412,6 +429,13 @@ def project_docs_folder() -> Path | None:
     """Rillet's repository, when the app runs from a checkout (its README and notes)."""
     root = Path(__file__).resolve().parents[1]
     return root if (root / "README.md").is_file() else None
+
+
+def _db_reason(exc: BaseException) -> str:
+    """The database's own words, without the SQL and parameters that SQLAlchemy adds."""
+    original = getattr(exc, "orig", None) or exc
+    lines = str(original).strip().splitlines()
+    return lines[0] if lines else type(original).__name__
 
 
 def _key(session_id: int) -> str:
@@ -439,5 +463,5 @@ def _load_index(path: Path) -> Any:
     return VectorIndex.load(path)
 
 
-__all__ = ["ChatEngine", "Piece", "Retrieved", "SessionNotFoundError", "TurnOptions", "TurnRefused",
+__all__ = ["ChatEngine", "Piece", "Retrieved", "SessionNotFoundError", "TurnNotSaved", "TurnOptions", "TurnRefused",
            "TurnResult"]

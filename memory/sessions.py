@@ -26,6 +26,7 @@ from memory.exchange import from_json, to_json, to_markdown
 from memory.models import ChatSession, Message, StateSnapshot
 from memory.policy import SnapshotPolicy
 from memory.records import ROLES, ChatMessage, LoadedSession, SessionInfo, SnapshotInfo
+from memory.text import check_text, one_line
 from memory.transcript import ChatModel, replay
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ TITLE_MAX = 200
 
 
 def _title(title: str) -> str:
-    title = " ".join(title.split())
+    title = one_line(title)
     if not title:
         raise InvalidTranscriptError("A session title cannot be empty; type a few words.")
     if len(title) > TITLE_MAX:
@@ -46,6 +47,7 @@ def _checked(message: ChatMessage) -> ChatMessage:
         raise InvalidTranscriptError(f"Unknown message role {message.role!r}; use one of {', '.join(ROLES)}.")
     if not isinstance(message.text, str):
         raise InvalidTranscriptError(f"A message's text must be a string, not {type(message.text).__name__}.")
+    check_text(message.text, f"A {message.role} message")
     return message
 
 

@@ -189,10 +189,10 @@ class Page:
         if session_id is None:
             return gr.skip(), render.error_note(Exception("Open or start a session first."))
         try:
-            self.engine.rename_session(session_id, title)
+            info = self.engine.rename_session(session_id, title)
         except Exception as exc:
             return gr.skip(), self.problem(exc, "rename")
-        return gr.update(choices=self.session_choices(), value=session_id), f"Renamed to “{title.strip()}”."
+        return gr.update(choices=self.session_choices(), value=session_id), f"Renamed to “{info.title}”."
 
     def ask_delete(self, session_id: int | None) -> tuple[Any, str]:
         if session_id is None:
@@ -296,17 +296,17 @@ class Page:
         history = list(history or [])
         try:
             served = self.engine.served(model or None)
-            message = self.engine.check_message(message, served)
+            checked = self.engine.check_message(message, served)
             options = TurnOptions(top_k=int(top_k), temperature=float(temperature), max_new_tokens=int(max_tokens),
                                   model=model or None)
             if session_id is None:
-                session_id = self.engine.create_session(title_from(message), collection or None).id
+                session_id = self.engine.create_session(title_from(checked), collection or None).id
             changed_elsewhere = self.visible_count(session_id) != len(history)
-            ticket = self.engine.ask(session_id, message, options)
+            ticket = self.engine.ask(session_id, message, options)  # as typed: the result says what was removed
         except Exception as exc:
             yield Answering(message=message, session=session_id, notice=self.problem(exc, "respond"))
             return
-        history += [{"role": "user", "content": message}, {"role": "assistant", "content": "…"}]
+        history += [{"role": "user", "content": checked}, {"role": "assistant", "content": "…"}]
         yield Answering(message="", chat=history, session=session_id,
                         sessions=gr.update(choices=self.session_choices(), value=session_id), notice="",
                         remembered=session_id)

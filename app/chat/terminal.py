@@ -37,6 +37,7 @@ def run(settings: Settings, console: Console, *, model: str | None, collection: 
     console.print(f"[dim]Session {info.id} “{info.title}” · {served.label} on {served.device} · "
                   f"{view.state_tokens:,} tokens, state {human_bytes(view.state_bytes)} · "
                   f"collection {view.info.collection or '(none)'}. Ctrl-C stops an answer; an empty line quits.")
+    unsaved = 0  # answers written but not stored: the closing line must not call the session saved
     while True:
         try:
             message = console.input("[bold]you> ").strip()
@@ -73,8 +74,13 @@ def run(settings: Settings, console: Console, *, model: str | None, collection: 
                 if result.notice:
                     console.print(f"[yellow]{result.notice}")
             elif turn.stage == "failed":
+                unsaved += 1
                 console.print(f"\n[red]{shown(turn.error)}")  # the model queue logged a bug's traceback
             elif turn.stage == "cancelled":
                 console.print("\n[yellow]Cancelled before it started; nothing was stored.")
+    if unsaved:
+        console.print(f"[yellow]Session {info.id}: {unsaved} answer{'s were' if unsaved > 1 else ' was'} not saved "
+                      f"(see above); every other turn is kept. `rillet chat --session {info.id}` continues it.")
+        return 1
     console.print(f"[dim]Session {info.id} saved; `rillet chat --session {info.id}` continues it.")
     return 0
