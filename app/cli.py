@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from app.config import Settings, get_settings
+from app.terminal_text import line, text
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -41,8 +42,8 @@ def config() -> None:
     settings = get_settings()
     table = Table("setting", "value", "environment variable", title="Rillet configuration")
     for name in Settings.model_fields:
-        table.add_row(name, str(getattr(settings, name)), f"RILLET_{name.upper()}")
-    table.add_row("(database in force)", settings.db_url, "")
+        table.add_row(name, line(getattr(settings, name)), f"RILLET_{name.upper()}")
+    table.add_row("(database in force)", line(settings.db_url), "")
     console.print(table)
 
 
@@ -54,7 +55,7 @@ def db_upgrade(revision: str = typer.Argument("head")) -> None:
     settings = get_settings()
     settings.ensure_dirs()
     upgrade(settings.db_url, revision)
-    console.print(f"Database at {settings.db_url} is at revision {revision}.")
+    console.print(f"Database at {line(settings.db_url)} is at revision {line(revision)}.")
 
 
 @cli.command()
@@ -67,7 +68,7 @@ def doctor() -> None:
     for check in run_checks(get_settings()):
         ok &= check.ok or not check.required
         color = "[green]" if check.ok else "[red]" if check.required else "[yellow]"
-        table.add_row(check.name, color + check.state, "" if check.ok else check.hint)
+        table.add_row(check.name, color + line(check.state), "" if check.ok else text(check.hint))
     console.print(table)
     raise typer.Exit(0 if ok else 1)
 
@@ -85,7 +86,7 @@ def serve(
     try:
         parse_auth(auth)
     except ValueError as exc:
-        console.print(f"[red]{exc}")
+        console.print(f"[red]{text(exc)}")
         raise typer.Exit(2) from None
     settings = get_settings()
     settings.ensure_dirs()
@@ -169,7 +170,7 @@ def convert(
             digest = run.export(teacher, folder, target, window)
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from exc
-        console.print(f"Wrote {target} (sha256 {digest[:16]}…)")
+        console.print(f"Wrote {line(target)} (sha256 {digest[:16]}…)")
         return
     if stage == "widen":
         if feature_dim is None:
@@ -218,14 +219,14 @@ def index(
         if watch:
             from retrieval.watch import watch_collection
 
-            console.print(f"Watching {path} for changes (Ctrl-C stops).")
+            console.print(f"Watching {line(path)} for changes (Ctrl-C stops).")
             watch_collection(retrieval, name, lambda report: print_report(console, report),
                              own_paths=[get_settings().data_dir])
             return
         with progress_bar(console) as update:
             report = retrieval.index(name, progress=update)
     except (ValueError, RuntimeError, NotADirectoryError) as exc:
-        console.print(f"[red]{exc}")
+        console.print(f"[red]{text(exc)}")
         raise typer.Exit(2) from None
     print_report(console, report)
 
@@ -248,7 +249,7 @@ def search(
     try:
         print_hits(console, retrieval, collection, query, k, path_glob, language, mode, lines)
     except (ValueError, CollectionNotFoundError) as exc:
-        console.print(f"[red]{exc}")
+        console.print(f"[red]{text(exc)}")
         raise typer.Exit(2) from None
 
 
@@ -263,14 +264,15 @@ def collections(delete: str | None = typer.Option(None, "--delete", help="Delete
         try:
             retrieval.delete_collection(delete)
         except CollectionNotFoundError as exc:
-            console.print(f"[red]{exc}")
+            console.print(f"[red]{text(exc)}")
             raise typer.Exit(2) from None
-        console.print(f"Deleted collection {delete!r}.")
+        console.print(f"Deleted collection {line(repr(delete))}.")
         return
     table = Table("name", "folders", "files", "chunks", "indexed at", title="Collections")
     for info in retrieval.list_collections():
         indexed = info.indexed_at.strftime("%Y-%m-%d %H:%M") if info.indexed_at else "never"
-        table.add_row(info.name, "\n".join(info.roots) or "(documents)", str(info.files), str(info.chunks), indexed)
+        table.add_row(line(info.name), "\n".join(line(r) for r in info.roots) or "(documents)", str(info.files),
+                      str(info.chunks), indexed)
     console.print(table)
 
 

@@ -114,3 +114,17 @@ def test_the_terminal_never_says_a_session_was_saved_when_the_turn_was_not(
         _refuse_messages(db_url, False)
     assert "could not be saved" in shown
     assert "saved;" not in shown and "not saved" in shown
+
+
+def test_markup_and_control_characters_from_users_are_printed_as_they_are(engine: ChatEngine,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from memory.records import ChatMessage
+
+    session = engine.create_session("[/x] [bold]title")
+    engine.store.append_messages(session.id, [ChatMessage("user", "[/x] hello [red]\nsecond line"),
+                                              ChatMessage("assistant", "an [/] answer")])
+    shown = _terminal(engine, monkeypatch, ["[/x] a [red]question"], session_id=session.id)
+    assert "exit 0" in shown, shown
+    assert "“[/x] [bold]title”" in shown and "you> [/x] hello [red]\nsecond line" in shown
+    assert "rillet> an [/] answer" in shown
+    assert engine.messages(session.id)[-2].text == "[/x] a [red]question"
