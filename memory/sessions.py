@@ -10,18 +10,19 @@ of appending a turn its state never saw.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Engine, LargeBinary, Text, cast, delete, func, select, type_coerce, update
 from sqlalchemy.orm import Session
 
 from backbone.state import ModelState
 from memory.codec import CodecOptions, EncodedState, decode_state, encode_state
 from memory.db import make_sessionmaker, utcnow
-from memory.errors import InvalidTranscriptError, SessionConflictError, SessionNotFoundError
+from memory.errors import InvalidTranscriptError, SessionConflictError, SessionNotFoundError, SnapshotError
 from memory.exchange import from_json, to_json, to_markdown
 from memory.models import ChatSession, Message, StateSnapshot
 from memory.policy import SnapshotPolicy
@@ -49,6 +50,16 @@ def _checked(message: ChatMessage) -> ChatMessage:
         raise InvalidTranscriptError(f"A message's text must be a string, not {type(message.text).__name__}.")
     check_text(message.text, f"A {message.role} message")
     return message
+
+
+def _json(text: str | None) -> Any:
+    """A manifest column's JSON; `SnapshotError` when it is not JSON (a damaged row)."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise SnapshotError(f"the manifest stored beside the state is not JSON ({exc})") from None
 
 
 class SessionStore:
@@ -176,8 +187,8 @@ class SessionStore:
         if doomed:
             db.execute(delete(StateSnapshot).where(StateSnapshot.id.in_(doomed)))
 
-    def _encode(self, state: ModelState) -> EncodedState:
-        return encode_state(state.to_tensors(), state.metadata(), self.codec)
+    def _encode(self, state: ModelState, fingerprint: str) -> EncodedState:
+        return encode_state(state.to_tensors(), state.metadata(), self.codec, model=fingerprint)
 
     def append_turn(self, session_id: int, user: str, assistant: str, state: ModelState, *,
                     model_fingerprint: str, expected_version: int,
@@ -190,7 +201,7 @@ class SessionStore:
         """
         turn = [ChatMessage("user", user), _checked(ChatMessage("assistant", assistant, citations))]
         _checked(turn[0])
-        encoded = self._encode(state)  # before the transaction: the write lock is held only for the writes
+        encoded = self._encode(state, model_fingerprint)  # before the transaction: the lock is held only for writes
         with self._db.begin() as db:
             self._claim(db, session_id, expected_version, token_count=state.num_tokens,
                         model_fingerprint=model_fingerprint)
@@ -229,24 +240,30 @@ class SessionStore:
         problems: list[str] = []
         bad: list[int] = []
         with self._db() as db:
+            # The blob and the manifest are read as raw bytes and text and checked here: a damaged row may
+            # hold text in the blob column (SQLite keeps any type) or a manifest that is not JSON, and
+            # the driver would fail on those before any check could call the snapshot damaged.
             rows = db.execute(
                 select(StateSnapshot.id, StateSnapshot.ordinal, StateSnapshot.format_version, StateSnapshot.codec,
-                       StateSnapshot.checksum, StateSnapshot.manifest)
+                       StateSnapshot.checksum, type_coerce(cast(StateSnapshot.manifest, Text), Text),
+                       StateSnapshot.byte_size)
                 .where(StateSnapshot.session_id == session_id, StateSnapshot.model_fingerprint == model.fingerprint,
                        StateSnapshot.ordinal <= last_ordinal)
                 .order_by(StateSnapshot.ordinal.desc())).all()
-            for snap_id, ordinal, version, codec, checksum, manifest in rows:
-                blob = db.scalar(select(StateSnapshot.blob).where(StateSnapshot.id == snap_id))
+            for snap_id, ordinal, version, codec, checksum, manifest, byte_size in rows:
+                blob = db.scalar(select(cast(StateSnapshot.blob, LargeBinary)).where(StateSnapshot.id == snap_id))
                 if blob is None:  # pruned meanwhile by another writer
                     continue
                 try:
                     tensors, metadata = decode_state(blob, checksum=checksum, codec=codec, format_version=version,
-                                                     manifest=manifest)
+                                                     manifest=_json(manifest), model=model.fingerprint,
+                                                     byte_size=byte_size)
                     return model.state_from_tensors(tensors, metadata), ordinal, problems, bad
-                except (ValueError, RuntimeError) as exc:
+                except Exception as exc:  # whatever is wrong with one snapshot, the transcript rebuilds it
                     log.warning("Snapshot %d of session %d (after message %d) is unusable: %s",
                                 snap_id, session_id, ordinal, exc)
-                    problems.append(str(exc))
+                    problems.append(str(exc) if isinstance(exc, ValueError | RuntimeError)
+                                    else f"{type(exc).__name__}: {exc}")
                     bad.append(snap_id)
         return None, None, problems, bad
 
@@ -298,7 +315,7 @@ class SessionStore:
     def _save_rebuilt(self, session_id: int, version: int, ordinal: int, fingerprint: str, state: ModelState,
                       bad: list[int]) -> None:
         """Store a rebuilt state, unless the session moved on meanwhile (then it is simply not cached)."""
-        encoded = self._encode(state)
+        encoded = self._encode(state, fingerprint)
         with self._db.begin() as db:
             try:
                 self._claim(db, session_id, version, bump=False, model_fingerprint=fingerprint,
@@ -326,7 +343,7 @@ class SessionStore:
         state, fed, restored, notice, bad = self._rebuild(session_id, info, messages, model, progress,
                                                           explain_missing=False)
         needs_snapshot = keep > 0 and restored != keep - 1
-        encoded = self._encode(state) if keep > 0 and (fork or needs_snapshot) else None
+        encoded = self._encode(state, model.fingerprint) if keep > 0 and (fork or needs_snapshot) else None
         with self._db.begin() as db:
             if fork:
                 self._claim(db, session_id, info.version, bump=False)  # the parent must still match `messages`

@@ -128,3 +128,34 @@ def test_markup_and_control_characters_from_users_are_printed_as_they_are(engine
     assert "“[/x] [bold]title”" in shown and "you> [/x] hello [red]\nsecond line" in shown
     assert "rillet> an [/] answer" in shown
     assert engine.messages(session.id)[-2].text == "[/x] a [red]question"
+
+
+def _damage_newest_snapshot(engine: ChatEngine, session_id: int) -> None:
+    from sqlalchemy import update
+
+    from memory.models import StateSnapshot
+
+    newest = engine.store.snapshots(session_id)[-1]
+    with engine.store.engine.begin() as conn:
+        conn.execute(update(StateSnapshot).where(StateSnapshot.id == newest.id).values(checksum="0" * 64))
+
+
+@pytest.mark.parametrize("where", ["page", "terminal", "turn"])
+def test_a_repaired_snapshot_is_told_to_the_user(make_engine: Any, tiny: Any, db_url: str, where: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    first = make_engine(tiny, database_url=db_url)
+    session = first.create_session("repair me")
+    run_turn(first, session.id, "remember the kettle")
+    _damage_newest_snapshot(first, session.id)
+    engine = make_engine(tiny, database_url=db_url)  # the app restarted: no state in memory
+    said = "The saved memory of this session could not be used (checksum mismatch"
+    if where == "page":
+        from ui.app import Page
+
+        assert said in Page(engine).open_session(session.id, "")[4]
+    elif where == "terminal":
+        assert said in _terminal(engine, monkeypatch, [], session_id=session.id)
+    else:
+        _, result = run_turn(engine, session.id, "and now?")
+        assert said in (result.notice or "")
+    assert engine.store.load(session.id, tiny, progress=False).notice is None  # repaired once, for good
