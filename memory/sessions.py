@@ -32,6 +32,7 @@ from memory.transcript import ChatModel, replay
 
 log = logging.getLogger(__name__)
 TITLE_MAX = 200
+ID_MAX = 2**31 - 1  # sessions.id is an INTEGER column: 32 bits on PostgreSQL (SQLite's 64 bits hold more)
 
 
 def _title(title: str) -> str:
@@ -41,6 +42,13 @@ def _title(title: str) -> str:
     if len(title) > TITLE_MAX:
         raise InvalidTranscriptError(f"A session title can be at most {TITLE_MAX} characters ({len(title)} given).")
     return title
+
+
+def _session_id(session_id: Any) -> int:
+    """A session id as the databases can look it up; any other value (2**63, -1, "7") names no session."""
+    if isinstance(session_id, bool) or not isinstance(session_id, int) or not 1 <= session_id <= ID_MAX:
+        raise SessionNotFoundError(session_id)
+    return session_id
 
 
 def _checked(message: ChatMessage) -> ChatMessage:
@@ -83,7 +91,7 @@ class SessionStore:
                 for s, n in db.execute(stmt)]
 
     def _info(self, db: Session, session_id: int) -> SessionInfo:
-        found = self._infos(db, ChatSession.id == session_id)
+        found = self._infos(db, ChatSession.id == _session_id(session_id))
         if not found:
             raise SessionNotFoundError(session_id)
         return found[0]
@@ -100,12 +108,14 @@ class SessionStore:
             return self._infos(db, limit=limit, offset=offset)
 
     def messages(self, session_id: int) -> list[ChatMessage]:
+        session_id = _session_id(session_id)
         with self._db() as db:
             rows = db.scalars(select(Message).where(Message.session_id == session_id).order_by(Message.ordinal))
             return [ChatMessage(m.role, m.text, m.citations, m.ordinal, m.created_at) for m in rows]
 
     def snapshots(self, session_id: int) -> list[SnapshotInfo]:
         """Stored states of a session, oldest first, without their blobs."""
+        session_id = _session_id(session_id)
         cols = (StateSnapshot.id, StateSnapshot.ordinal, StateSnapshot.model_fingerprint,
                 StateSnapshot.format_version, StateSnapshot.codec, StateSnapshot.dtype, StateSnapshot.token_count,
                 StateSnapshot.byte_size, StateSnapshot.created_at)
@@ -137,6 +147,7 @@ class SessionStore:
 
     def delete(self, session_id: int) -> None:
         """Delete a session with its messages and snapshots (its branches stay, as sessions of their own)."""
+        session_id = _session_id(session_id)
         with self._db.begin() as db:
             if db.execute(delete(ChatSession).where(ChatSession.id == session_id)).rowcount == 0:
                 raise SessionNotFoundError(session_id)
@@ -144,6 +155,7 @@ class SessionStore:
     def _claim(self, db: Session, session_id: int, expected_version: int | None, *, bump: bool = True,
                **values: Any) -> None:
         """Take the session's write lock (and check its version) as the transaction's first statement."""
+        session_id = _session_id(session_id)
         stmt = update(ChatSession).where(ChatSession.id == session_id)
         if expected_version is not None:
             stmt = stmt.where(ChatSession.version == expected_version)

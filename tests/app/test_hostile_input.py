@@ -159,3 +159,8 @@ def test_a_repaired_snapshot_is_told_to_the_user(make_engine: Any, tiny: Any, db
         _, result = run_turn(engine, session.id, "and now?")
         assert said in (result.notice or "")
     assert engine.store.load(session.id, tiny, progress=False).notice is None  # repaired once, for good
+
+
+def test_a_session_id_out_of_range_is_refused_cleanly(engine: ChatEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    shown = _terminal(engine, monkeypatch, [], session_id=2**63)
+    assert "exit 2" in shown and "Session 9223372036854775808 does not exist" in shown

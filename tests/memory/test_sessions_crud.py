@@ -128,3 +128,16 @@ def test_messages_appended_without_a_state_are_read_on_next_load(store: SessionS
     full, _ = replay(model, store.messages(chat.id), progress=False)
     assert loaded.replayed_tokens == full.num_tokens - chat.loaded.state.num_tokens
     assert states_equal(loaded.state, full)
+
+
+@pytest.mark.parametrize("session_id", [2**63, 2**63 - 1, 2**31, 0, -1, -(2**63) - 1, True, "1", 1.0])
+def test_session_ids_out_of_range_are_refused_cleanly(store: SessionStore, model: LanguageModel, session_id) -> None:
+    store.create("the only one")
+    calls = [lambda: store.get(session_id), lambda: store.messages(session_id), lambda: store.snapshots(session_id),
+             lambda: store.rename(session_id, "x"), lambda: store.set_collection(session_id, None),
+             lambda: store.append_messages(session_id, [ChatMessage("user", "hi")]), lambda: store.clear(session_id),
+             lambda: store.load(session_id, model, progress=False), lambda: store.branch(session_id, 0, model),
+             lambda: store.export_json(session_id), lambda: store.delete(session_id)]
+    for call in calls:
+        with pytest.raises(SessionNotFoundError, match="does not exist"):
+            call()
