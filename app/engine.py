@@ -38,6 +38,7 @@ from app.config import Settings
 from app.database import open_database
 from backbone.errors import InvalidRequest, UserError
 from memory.errors import SessionConflictError, SessionNotFoundError
+from memory.limits import MAX_MESSAGE_CHARS
 from memory.recall import SessionRecall
 from memory.records import ChatMessage, LoadedSession, SessionInfo
 from memory.sessions import SessionStore
@@ -47,7 +48,6 @@ from retrieval.service import CollectionNotFoundError, Retrieval
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_CHARS = 32_000
 MAX_MESSAGE_TOKENS = 4_000
 CONTEXT_MARGIN = 8  # tokens the commit may need beyond the fork (closing an answer cut at max_new_tokens)
 RECENT_MESSAGES = 2  # the last turn is fresh in the state; recall looks further back
@@ -196,7 +196,8 @@ class ChatEngine:
         return path
 
     def import_session(self, data: str | bytes) -> SessionInfo:
-        return self.store.import_json(data)
+        """A session from an exported file, held to the live limits; it gets Rillet's own system prompt."""
+        return self.store.import_json(data, system_prompt=DEFAULT_SYSTEM_PROMPT)
 
     def open_session(self, session_id: int, model: str | None = None) -> SessionView:
         """The transcript and the state (from its snapshot, or rebuilt) ready in the engine's cache."""

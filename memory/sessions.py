@@ -24,6 +24,7 @@ from memory.codec import CodecOptions, EncodedState, decode_state, encode_state
 from memory.db import make_sessionmaker, utcnow
 from memory.errors import InvalidTranscriptError, SessionConflictError, SessionNotFoundError, SnapshotError
 from memory.exchange import from_json, to_json, to_markdown
+from memory.limits import TITLE_MAX
 from memory.models import ChatSession, Message, StateSnapshot
 from memory.policy import SnapshotPolicy
 from memory.records import ROLES, ChatMessage, LoadedSession, SessionInfo, SnapshotInfo
@@ -31,7 +32,6 @@ from memory.text import check_text, one_line
 from memory.transcript import ChatModel, replay
 
 log = logging.getLogger(__name__)
-TITLE_MAX = 200
 ID_MAX = 2**31 - 1  # sessions.id is an INTEGER column: 32 bits on PostgreSQL (SQLite's 64 bits hold more)
 
 
@@ -387,13 +387,18 @@ class SessionStore:
     def export_markdown(self, session_id: int) -> str:
         return to_markdown(self.get(session_id), self.messages(session_id))
 
-    def import_json(self, data: dict[str, Any] | str | bytes) -> SessionInfo:
-        """A new session holding an exported transcript; its state is built on first load."""
+    def import_json(self, data: dict[str, Any] | str | bytes, *, system_prompt: str | None = None) -> SessionInfo:
+        """A new session holding an exported transcript; its state is built on first load.
+
+        The file is held to the live chat's limits (`memory.exchange.from_json`). Its system prompt is not
+        taken: hidden instructions to the model do not come in with a file. The session gets
+        `system_prompt`, the installation's own (None: none).
+        """
         exported = from_json(data)
         messages = [ChatMessage(m.role, m.text, m.citations, created_at=m.created_at) for m in exported.messages]
         with self._db.begin() as db:
-            row = ChatSession(title=_title(exported.title), collection=exported.collection,
-                              system_prompt=exported.system_prompt,
+            collection = (exported.collection or "").strip() or None
+            row = ChatSession(title=_title(exported.title), collection=collection, system_prompt=system_prompt or None,
                               **({"created_at": exported.created_at} if exported.created_at else {}))
             db.add(row)
             db.flush()
