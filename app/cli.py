@@ -77,20 +77,24 @@ def doctor() -> None:
 def serve(
     host: str | None = typer.Option(None, help="Bind address (default from settings: 127.0.0.1)."),
     port: int | None = typer.Option(None, help="Port (default from settings: 7860)."),
-    auth: str | None = typer.Option(None, help="user:password required to open the page."),
+    auth: str | None = typer.Option(None, help="user:password required to open the page (visible in ps: prefer "
+                                    "--auth-file or RILLET_AUTH)."),
+    auth_file: Annotated[Path | None, typer.Option(help="A file whose first line is user:password.")] = None,
 ) -> None:
-    """Start the web UI."""
-    from ui.server import parse_auth
+    """Start the web UI (with a login page when a credential is given: --auth, --auth-file or RILLET_AUTH)."""
+    from ui.auth import read_credential
     from ui.server import serve as run_server
 
     try:
-        parse_auth(auth)
+        credential, warnings = read_credential(auth, auth_file)
     except ValueError as exc:
         console.print(f"[red]{text(exc)}")
         raise typer.Exit(2) from None
+    for warning in warnings:
+        console.print(f"[yellow]{text(warning)}")
     settings = get_settings()
     settings.ensure_dirs()
-    run_server(settings, host=host or settings.host, port=port or settings.port, auth=auth)
+    run_server(settings, host=host or settings.host, port=port or settings.port, auth=credential)
 
 
 @cli.command()
