@@ -178,14 +178,20 @@ def child_commit(url: str, session_id: int, first: int, turns: int, kill_at: int
 class Tally:
     kind: str
     database: str
-    trials: int = 0
-    killed: int = 0
+    trials: int = 0  # runs killed mid-work, then checked
+    completed: int = 0  # runs that ended before their kill point (checked all the same, not counted as trials)
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def line(self) -> str:
-        return (f"{self.kind:6} on {self.database:10}: {self.trials} trials, {self.killed} killed mid-run, "
-                f"{len(self.problems)} inconsistencies ({self.seconds:.0f} s)")
+        return (f"{self.kind:6} on {self.database:10}: {self.trials} trials killed mid-run, "
+                f"{len(self.problems)} inconsistencies ({self.completed} more runs ended before their kill point; "
+                f"{self.seconds:.0f} s)")
+
+    def record(self, run: int, killed: bool, kill_at: int, found: list[str]) -> None:
+        self.trials += killed
+        self.completed += not killed
+        self.problems += [f"run {run} (kill at point {kill_at}): {p}" for p in found]
 
 
 def run_forked(work: Callable[[], int]) -> tuple[bool, int]:
@@ -336,19 +342,19 @@ def index_trials(url: str, trials: int, rng: random.Random, folder: Path, tally:
     Retrieval(engine, index_dir, embedder).create_collection(name, [tree])
     engine.dispose()
     points = 0
-    for trial in range(trials + 1):  # trial 0 only measures how many points a run passes
-        mutate_tree(tree, rng, trial)
+    run = 0
+    while tally.trials < trials and run <= 3 * trials:  # run 0 only measures how many points a run passes
+        mutate_tree(tree, rng, run)
         batch = rng.choice([2, 3, 5, 8, 40])
-        kill_at = 0 if trial == 0 else rng.randint(1, max(points, 10))
+        kill_at = 0 if run == 0 else rng.randint(1, max(points, 10))
         killed, passed = run_child(["index", url, str(index_dir), name, str(batch), embedder_kind], kill_at)
         points = max(points, passed, 10)
         found = index_problems(url, index_dir, name, embedder)
-        if trial:
-            tally.trials += 1
-            tally.killed += killed
-            tally.problems += [f"trial {trial} (kill at {kill_at}): {p}" for p in found]
-            log(f"index trial {trial}: {'killed at point ' + str(kill_at) if killed else 'ran to the end'}"
+        if run:
+            tally.record(run, killed, kill_at, found)
+            log(f"index run {run}: {'killed at point ' + str(kill_at) if killed else 'ran to the end'}"
                 + (f"; PROBLEMS: {found}" if found else ""))
+        run += 1
 
 
 def commit_problems(url: str, session_id: int, model: Any, committed_before: int) -> tuple[list[str], int]:
@@ -400,22 +406,22 @@ def commit_trials(url: str, trials: int, rng: random.Random, tally: Tally, log: 
     store = turn_store(url)
     points_per_turn = 0
     session_id, stored = None, 0
-    for trial in range(trials + 1):
+    run = 0
+    while tally.trials < trials and run <= 3 * trials:  # run 0 only measures how many points a turn passes
         if session_id is None or stored >= turns_per_session:  # a fresh session now and then: replays stay short
             session_id, stored = store.create("crash trials", system_prompt=TURN_SYSTEM_PROMPT).id, 0
         turns = rng.randint(1, 3)
-        kill_at = 0 if trial == 0 else rng.randint(1, max(points_per_turn * turns + 20, 10))
+        kill_at = 0 if run == 0 else rng.randint(1, max(points_per_turn * turns, 10))
         args = (url, session_id, stored, turns, kill_at)
         killed, passed = run_forked(lambda args=args: child_commit(*args, model=model))
-        if trial == 0:
-            points_per_turn = passed // turns
+        if not killed:  # loading counts too: a turn's share of a whole run, the largest seen
+            points_per_turn = max(points_per_turn, passed // turns)
         found, stored = commit_problems(url, session_id, model, stored)
-        if trial:
-            tally.trials += 1
-            tally.killed += killed
-            tally.problems += [f"trial {trial} (kill at {kill_at}): {p}" for p in found]
-            log(f"commit trial {trial}: {'killed at point ' + str(kill_at) if killed else 'ran to the end'}, "
+        if run:
+            tally.record(run, killed, kill_at, found)
+            log(f"commit run {run}: {'killed at point ' + str(kill_at) if killed else 'ran to the end'}, "
                 f"{stored} turns stored" + (f"; PROBLEMS: {found}" if found else ""))
+        run += 1
     store.engine.dispose()
 
 
