@@ -76,37 +76,10 @@ class KillPoints:
         os.replace = replace  # type: ignore[assignment]
 
 
-class HashEmbedder:
-    """Vectors from a hash of the text: what the trials check (ids, files, rows) does not depend on what the
-    vectors mean, and a child starts in a second instead of loading the model. Chunks are still cut by the
-    real model's token counts. `--embedder real` uses the real model instead."""
-
-    name = "crash-trials-hash"
-    dim = 64
-    max_tokens = 256
-    cacheable = True
-
-    def embed(self, texts: Any) -> Any:
-        import hashlib
-
-        import numpy as np
-
-        out = np.stack([np.frombuffer(hashlib.shake_256(t.encode("utf-8", "surrogatepass")).digest(4 * self.dim),
-                                      dtype=np.uint32).astype(np.float32) - 2**31 for t in texts]) \
-            if len(texts) else np.zeros((0, self.dim), dtype=np.float32)
-        return out / np.linalg.norm(out, axis=1, keepdims=True).clip(min=1e-6)
-
-    def embed_query(self, text: str) -> Any:
-        return self.embed([text])[0]
-
-    def count_tokens(self, texts: Any) -> list[int]:
-        from retrieval.embedder import count_tokens
-
-        return count_tokens(texts)
-
-
 def make_embedder(kind: str) -> Any:
     if kind == "hash":
+        from tests.hash_embedder import HashEmbedder
+
         return HashEmbedder()
     from retrieval.embedder import SentenceEmbedder
 
