@@ -19,7 +19,7 @@ from memory.limits import (
     MAX_MESSAGE_CHARS,
 )
 from memory.records import ChatMessage, SessionInfo
-from memory.text import check_text
+from memory.text import NOT_IN_NAMES, check_text, codepoint
 
 EXPORT_FORMAT = "rillet-session"
 EXPORT_VERSION = 1
@@ -70,7 +70,9 @@ def _refuse(problem: str) -> InvalidTranscriptError:
 
 def _hold_to_limits(exported: ExportedSession) -> None:
     if exported.collection is not None:
-        check_text(exported.collection, "Its collection name")
+        found = NOT_IN_NAMES.search(exported.collection)
+        if found:
+            raise _refuse(f"its collection name holds the control character {codepoint(found.group())}")
         if not 1 <= len(exported.collection.strip()) <= COLLECTION_NAME_MAX:
             raise _refuse(f"its collection name has {len(exported.collection):,} characters; a collection name "
                           f"has 1 to {COLLECTION_NAME_MAX}")

@@ -6,7 +6,8 @@ control characters other than tab, line feed and carriage return (C0, DEL, C1), 
 at all, a terminal acts on ESC, and none of them means anything to the model. Where they are met:
 
 - a chat message typed or pasted (`clean_message`): they are removed and the user is told so;
-- a title or a name, which is one line (`one_line`): removed, and whitespace runs become one space;
+- a title, which is one line (`one_line`): removed, and whitespace runs become one space;
+- a collection name, which must match exactly what was created (`NOT_IN_NAMES`): refused;
 - text a program or a file hands over (imports, LangChain history, the store itself: `check_text`):
   refused, saying which character and where, since silently changing a transcript would be worse;
 - a model's answer (`clean_message`): removed before it is read into the state, so the state stays
@@ -20,6 +21,7 @@ import re
 from memory.errors import InvalidTranscriptError
 
 NOT_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+NOT_IN_NAMES = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # a name is one line: no breaks or tabs either
 
 
 def codepoint(char: str) -> str:

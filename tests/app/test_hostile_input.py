@@ -164,3 +164,22 @@ def test_a_repaired_snapshot_is_told_to_the_user(make_engine: Any, tiny: Any, db
 def test_a_session_id_out_of_range_is_refused_cleanly(engine: ChatEngine, monkeypatch: pytest.MonkeyPatch) -> None:
     shown = _terminal(engine, monkeypatch, [], session_id=2**63)
     assert "exit 2" in shown and "Session 9223372036854775808 does not exist" in shown
+
+
+@pytest.mark.parametrize("name", ["a\x00b", "half\ud800", "x" * 5_000, "new\nline"])
+def test_hostile_collection_names_are_refused_clearly(engine: ChatEngine, name: str) -> None:
+    from retrieval.service import CollectionNotFoundError
+
+    with pytest.raises(CollectionNotFoundError, match="No collection named"):
+        engine.create_session(collection=name)
+    with pytest.raises(ValueError, match="collection"):
+        engine.index_folder(str(engine.settings.allowed_roots[0]), name)
+    assert engine.list_collections() == []
+
+
+def test_documents_no_database_can_store_are_refused_clearly(engine: ChatEngine) -> None:
+    engine.retrieval.create_collection("docs")
+    for document in [(None, "nul\x00inside", None), ("id\x00", "text", None), ("x", "half\udcff", None)]:
+        with pytest.raises(ValueError, match="NUL or half a character"):
+            engine.retrieval.add_documents("docs", [document])
+    assert engine.retrieval.add_documents("docs", [("ok", "fine text", {"k": "\x00 in metadata is JSON"})]) == ["ok"]
