@@ -17,7 +17,6 @@ any_char = st.characters(exclude_categories=())  # every code point, surrogates 
 texts = st.one_of(st.text(any_char, max_size=60),
                   st.lists(st.sampled_from(PIECES), max_size=12).map("".join),
                   st.lists(st.one_of(st.sampled_from(PIECES), st.text(any_char, max_size=5)), max_size=8).map("".join))
-storable_texts = texts.filter(lambda t: t.strip() != "")  # for places where empty means "refused", tested apart
 
 file_names = st.one_of(
     st.binary(min_size=1, max_size=40),
