@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,31 +48,43 @@ TURN_SYSTEM_PROMPT = "You are terse."
 
 # --- in the child: counting points and dying at one -------------------------------------------------
 
+NOTE_VAR = "RILLET_TRIAL_NOTE"  # a file where the child writes which point it died at
+
+
 class KillPoints:
-    """Counts the points a run passes; SIGKILLs the process at number `kill_at` (0: never)."""
+    """Counts the points a run passes; SIGKILLs the process at number `kill_at` (0: never), having written
+    what the point was (e.g. "before INSERT INTO chunks") to the file named by RILLET_TRIAL_NOTE."""
 
     def __init__(self, kill_at: int) -> None:
         self.kill_at, self.count = kill_at, 0
 
-    def __call__(self, *_: Any, **__: Any) -> None:
+    def point(self, what: str) -> None:
         self.count += 1
         if self.count == self.kill_at:
+            if os.environ.get(NOTE_VAR):
+                Path(os.environ[NOTE_VAR]).write_text(what)
             os.kill(os.getpid(), signal.SIGKILL)
 
     def watch_engine(self, engine: Any) -> None:
         from sqlalchemy import event
 
-        for name in ("before_cursor_execute", "after_cursor_execute", "commit"):
-            event.listen(engine, name, self)
+        def statement(when: str) -> Callable[..., None]:
+            def at(_conn: Any, _cursor: Any, sql: str, *_: Any) -> None:
+                self.point(f"{when} {' '.join(sql.split()[:3])}")
+            return at
+
+        event.listen(engine, "before_cursor_execute", statement("before"))
+        event.listen(engine, "after_cursor_execute", statement("after"))
+        event.listen(engine, "commit", lambda _conn: self.point("before COMMIT"))
 
     def watch_renames(self) -> None:
         """Index files are swapped in by os.replace: a point before and after each."""
         original = os.replace
 
-        def replace(*args: Any, **kwargs: Any) -> None:
-            self()
-            original(*args, **kwargs)
-            self()
+        def replace(source: Any, target: Any, *args: Any, **kwargs: Any) -> None:
+            self.point(f"before renaming to {Path(target).name}")
+            original(source, target, *args, **kwargs)
+            self.point(f"after renaming to {Path(target).name}")
 
         os.replace = replace  # type: ignore[assignment]
 
@@ -155,16 +168,26 @@ class Tally:
     completed: int = 0  # runs that ended before their kill point (checked all the same, not counted as trials)
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    where: Counter[str] = field(default_factory=Counter)  # the kind of point each kill landed on
 
     def line(self) -> str:
         return (f"{self.kind:6} on {self.database:10}: {self.trials} trials killed mid-run, "
                 f"{len(self.problems)} inconsistencies ({self.completed} more runs ended before their kill point; "
                 f"{self.seconds:.0f} s)")
 
-    def record(self, run: int, killed: bool, kill_at: int, found: list[str]) -> None:
+    def record(self, run: int, killed: bool, kill_at: int, found: list[str], where: str = "") -> None:
+        if killed:
+            self.where[" ".join(where.split()[:2]).rstrip(",") or "?"] += 1
         self.trials += killed
         self.completed += not killed
         self.problems += [f"run {run} (kill at point {kill_at}): {p}" for p in found]
+
+
+def killed_where() -> str:
+    note = Path(os.environ[NOTE_VAR])
+    said = note.read_text() if note.exists() else "?"
+    note.unlink(missing_ok=True)
+    return said
 
 
 def run_forked(work: Callable[[], int]) -> tuple[bool, int]:
@@ -319,13 +342,14 @@ def index_trials(url: str, trials: int, rng: random.Random, folder: Path, tally:
     while tally.trials < trials and run <= 3 * trials:  # run 0 only measures how many points a run passes
         mutate_tree(tree, rng, run)
         batch = rng.choice([2, 3, 5, 8, 40])
-        kill_at = 0 if run == 0 else rng.randint(1, max(points, 10))
+        kill_at = 0 if run == 0 else rng.randint(1, max(points * 3 // 2, 10))  # some runs end: they measure
         killed, passed = run_child(["index", url, str(index_dir), name, str(batch), embedder_kind], kill_at)
         points = max(points, passed, 10)
         found = index_problems(url, index_dir, name, embedder)
         if run:
-            tally.record(run, killed, kill_at, found)
-            log(f"index run {run}: {'killed at point ' + str(kill_at) if killed else 'ran to the end'}"
+            where = killed_where() if killed else ""
+            tally.record(run, killed, kill_at, found, where)
+            log(f"index run {run}: {f'killed at point {kill_at} ({where})' if killed else 'ran to the end'}"
                 + (f"; PROBLEMS: {found}" if found else ""))
         run += 1
 
@@ -384,15 +408,16 @@ def commit_trials(url: str, trials: int, rng: random.Random, tally: Tally, log: 
         if session_id is None or stored >= turns_per_session:  # a fresh session now and then: replays stay short
             session_id, stored = store.create("crash trials", system_prompt=TURN_SYSTEM_PROMPT).id, 0
         turns = rng.randint(1, 3)
-        kill_at = 0 if run == 0 else rng.randint(1, max(points_per_turn * turns, 10))
+        kill_at = 0 if run == 0 else rng.randint(1, max(points_per_turn * turns * 3 // 2, 10))
         args = (url, session_id, stored, turns, kill_at)
         killed, passed = run_forked(lambda args=args: child_commit(*args, model=model))
         if not killed:  # loading counts too: a turn's share of a whole run, the largest seen
             points_per_turn = max(points_per_turn, passed // turns)
         found, stored = commit_problems(url, session_id, model, stored)
         if run:
-            tally.record(run, killed, kill_at, found)
-            log(f"commit run {run}: {'killed at point ' + str(kill_at) if killed else 'ran to the end'}, "
+            where = killed_where() if killed else ""
+            tally.record(run, killed, kill_at, found, where)
+            log(f"commit run {run}: {f'killed at point {kill_at} ({where})' if killed else 'ran to the end'}, "
                 f"{stored} turns stored" + (f"; PROBLEMS: {found}" if found else ""))
         run += 1
     store.engine.dispose()
@@ -404,6 +429,7 @@ def run_trials(kind: str, database_kind: str, trials: int, seed: int, log: Calla
     rng = random.Random(f"{seed}-{kind}-{database_kind}")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rillet-trials-") as tmp, database(database_kind, Path(tmp)) as url:
+        os.environ[NOTE_VAR] = str(Path(tmp) / "killed-at")
         if kind == "index":
             index_trials(url, trials, rng, Path(tmp), tally, log, embedder)
         else:
@@ -431,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--embedder", choices=["hash", "real"], default="hash",
                         help="index trials: vectors from a hash of the text (fast) or the real model")
     parser.add_argument("--quiet", action="store_true", help="only the summary")
+    parser.add_argument("--write-results", action="store_true", help="also write bench/results/crash_trials.md")
     args = parser.parse_args(argv)
     kinds = ["index", "commit"] if args.kind == "both" else [args.kind]
     databases = ["sqlite", "postgresql"] if args.database == "both" else [args.database]
@@ -439,9 +466,30 @@ def main(argv: list[str] | None = None) -> int:
     print("\nCrash-consistency trials (kill -9 at a random point):")
     for tally in tallies:
         print("  " + tally.line())
+        print("    killed at: " + ", ".join(f"{what} {n}" for what, n in tally.where.most_common()))
         for problem in tally.problems:
             print("    " + problem)
+    if args.write_results:
+        write_results(tallies, args)
     return 1 if any(t.problems for t in tallies) else 0
+
+
+def write_results(tallies: list[Tally], args: argparse.Namespace) -> None:
+    from bench import write_keeping_notes
+
+    lines = ["# Crash-consistency trials", "",
+             f"`python scripts/crash_trials.py --trials {args.trials} --database {args.database} --seed {args.seed}"
+             f" --embedder {args.embedder}`, {time.strftime('%Y-%m-%d')}. Each trial is a run killed with SIGKILL",
+             "at a point drawn at random (an SQL statement, before or after it runs, a COMMIT, an index-file rename),",
+             "then checked (scripts/crash_trials.py says what).", "",
+             "| kind | database | trials killed mid-run | inconsistencies | runs that ended first | seconds |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {t.kind} | {t.database} | {t.trials} | {len(t.problems)} | {t.completed} | {t.seconds:.0f} |"
+              for t in tallies]
+    lines += ["", "Where the kills landed (kind of point: count):", ""]
+    lines += [f"- {t.kind} on {t.database}: " + ", ".join(f"{w} {n}" for w, n in t.where.most_common())
+              for t in tallies]
+    write_keeping_notes(ROOT / "bench" / "results" / "crash_trials.md", lines)
 
 
 if __name__ == "__main__":
