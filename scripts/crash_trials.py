@@ -296,7 +296,7 @@ def index_problems(url: str, index_dir: Path, name: str, embedder: Any) -> list[
     engine = make_engine(url)
     try:
         retrieval = Retrieval(engine, index_dir, embedder)  # nothing in memory: what the files say
-        with retrieval.sessions() as session:
+        with retrieval.db() as session:
             orphans = session.scalars(select(File.path).where(File.status == "indexed", ~File.chunks.any())).all()
         if orphans:
             problems.append(f"indexed files without chunks after the kill: {orphans[:3]}")
@@ -310,7 +310,7 @@ def index_problems(url: str, index_dir: Path, name: str, embedder: Any) -> list[
                 problems.append(f"{what} ids differ from the catalog ({len(ids)} vs {len(catalog)})")
 
         def contents(collection: str) -> list[tuple[Any, ...]]:
-            with retrieval.sessions() as session:
+            with retrieval.db() as session:
                 return sorted(tuple(r) for r in session.execute(
                     select(File.path, File.status, Chunk.ordinal, Chunk.start_line, Chunk.end_line, Chunk.text)
                     .join(Chunk, isouter=True).join(Collection).where(Collection.name == collection)))

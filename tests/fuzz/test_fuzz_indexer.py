@@ -52,7 +52,7 @@ def test_any_files_are_indexed_or_reported_and_the_indexes_agree(db_url: str, fi
             catalog = store.catalog_ids()
             assert np.array_equal(np.sort(store.vectors().ids()), catalog)
             assert np.array_equal(store.bm25().ids, catalog)
-            with retrieval.sessions() as session:
+            with retrieval.db() as session:
                 assert not any("\x00" in t for t in session.scalars(select(Chunk.text)))
             again = retrieval.index(name)
             assert not again.changed and again.files_total == report.files_total

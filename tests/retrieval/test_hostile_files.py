@@ -40,7 +40,7 @@ def test_undecodable_names_are_skipped_with_their_bytes_and_the_rest_is_indexed(
         assert skipped["\\xff\\xfe.py"] == "undecodable file name: b'\\xff\\xfe.py'"
         assert skipped["dir\\xe9"] == "undecodable file name: b'dir\\xe9'"  # the folder once, not its files
         assert report.failed == [] and report.files_total == 3
-    with retrieval.sessions() as session:
+    with retrieval.db() as session:
         assert session.scalars(select(File.path)).all() == ["good.py"]
     assert retrieval.search("repo", "good", k=1)[0].path == "good.py"
     consistent(retrieval, "repo")
@@ -72,7 +72,7 @@ def test_nul_characters_past_the_binary_sniff_are_dropped_from_the_text(
     retrieval.create_collection("repo", [repo])
     report = retrieval.index("repo")
     assert report.indexed == 2 and report.failed == [], report.failed
-    with retrieval.sessions() as session:
+    with retrieval.db() as session:
         texts = session.scalars(select(Chunk.text)).all()
     assert not any("\x00" in t for t in texts)
     assert any("afterthe nul" in t for t in texts) and any("widetext" in t for t in texts)
@@ -99,7 +99,7 @@ def test_a_file_whose_rows_the_database_refuses_fails_alone(db_url: str, tmp_pat
     report = retrieval.index("repo")
     assert report.indexed == 2
     assert report.failed == [("b.py", "cannot be recorded in the catalog: value refused by the database")]
-    with retrieval.sessions() as session:
+    with retrieval.db() as session:
         rows = dict(session.execute(select(File.path, File.status)).all())
     assert rows == {"a.py": "indexed", "b.py": "failed", "c.py": "indexed"}
     consistent(retrieval, "repo")
