@@ -61,7 +61,7 @@ class TurnRefused(InvalidRequest):
 
 
 class TurnNotSaved(UserError, RuntimeError):
-    """The answer was written, but the database did not store the turn: nothing of it was kept."""
+    """The answer was written, but the database did not store the turn: nothing of it was kept (send it again)."""
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import functools
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -240,17 +241,17 @@ def apply_precision(model: nn.Module, precision: Precision, cache: Path | None =
     if model_precision(model) != "fp32":
         raise ValueError(f"this model already runs at {model_precision(model)}")
 
-    # Every product: (module, attribute to set, float weight, the linear whose input it reads when smoothed).
-    products: list[tuple[nn.Module, str, torch.Tensor, nn.Module | None]] = []
+    # Every product: (module, attribute to set, its float weight on demand, the linear whose input it reads
+    # when smoothed). On demand, so a fused weight exists only while it is converted (and never on a cache hit).
+    products: list[tuple[nn.Module, str, Callable[[], torch.Tensor], nn.Module | None]] = []
     for module in model.modules():
         if isinstance(module, SoftmaxAttention):
-            fused = torch.cat([_weight(module.q_proj), _weight(module.k_proj), _weight(module.v_proj)])
-            products += [(module, "qkv_proj", fused, module.q_proj), (module, "o_proj", _weight(module.o_proj), None)]
+            products += [(module, "qkv_proj", _fused(module.q_proj, module.k_proj, module.v_proj), module.q_proj),
+                         (module, "o_proj", _fused(module.o_proj), None)]
         elif isinstance(module, FeedForward):
-            fused = torch.cat([_weight(module.gate_proj), _weight(module.up_proj)])
-            products += [(module, "gate_up_proj", fused, module.gate_proj),
-                         (module, "down_proj", _weight(module.down_proj), None)]
-    products.append((model, "lm_head", _weight(model.lm_head), model.lm_head))
+            products += [(module, "gate_up_proj", _fused(module.gate_proj, module.up_proj), module.gate_proj),
+                         (module, "down_proj", _fused(module.down_proj), None)]
+    products.append((model, "lm_head", _fused(model.lm_head), model.lm_head))
     names = [f"{index}.{attribute}" for index, (_, attribute, _, _) in enumerate(products)]
 
     with torch.no_grad():
@@ -264,9 +265,10 @@ def apply_precision(model: nn.Module, precision: Precision, cache: Path | None =
                     _save_tables(cache, tables)
         for (owner, attribute, weight, _), name in zip(products, names, strict=True):
             if tables is not None:
-                converted = Int8Linear(tables[f"{name}.rows"], tables[f"{name}.scale"], tables.get(f"{name}.smooth"))
+                converted = Int8Linear(tables.pop(f"{name}.rows"), tables.pop(f"{name}.scale"),
+                                       tables.pop(f"{name}.smooth", None))
             else:
-                converted = Bf16Linear(weight)
+                converted = Bf16Linear(weight())
             setattr(owner, attribute, converted)
         for module in model.modules():
             if isinstance(module, SoftmaxAttention):
@@ -279,19 +281,24 @@ def apply_precision(model: nn.Module, precision: Precision, cache: Path | None =
     return model
 
 
-def _int8_tables(model: nn.Module, products: list[tuple[nn.Module, str, torch.Tensor, nn.Module | None]],
+def _fused(*linears: nn.Module) -> Callable[[], torch.Tensor]:
+    """The weights of `linears` (which read the same input) stacked into one, made when called."""
+    return lambda: torch.cat([_weight(linear) for linear in linears]) if len(linears) > 1 else _weight(linears[0])
+
+
+def _int8_tables(model: nn.Module, products: list[tuple[nn.Module, str, Callable[[], torch.Tensor], nn.Module | None]],
                  names: list[str], calibration_ids: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    smoothed = [(name, weight, source) for name, (_, _, weight, source) in zip(names, products, strict=True)
-                if source is not None]
     if calibration_ids is None:
         raise ValueError("int8 needs calibration_ids (the loader passes calibration_text's tokens)")
-    ranges = input_ranges(model, [source for _, _, source in smoothed], calibration_ids)
-    factors = {name: smoothing(r, weight) for (name, weight, _), r in zip(smoothed, ranges, strict=True)}
+    sources = [source for *_, source in products if source is not None]
+    ranges = dict(zip(map(id, sources), input_ranges(model, sources, calibration_ids), strict=True))
     tables = {}
-    for name, (_, _, weight, _) in zip(names, products, strict=True):
-        if name in factors:
-            tables[f"{name}.smooth"] = factors[name]
-            weight = weight * factors[name].to(weight.device)
+    for name, (_, _, make_weight, source) in zip(names, products, strict=True):
+        weight = make_weight()
+        if source is not None:
+            factor = smoothing(ranges[id(source)], weight)
+            tables[f"{name}.smooth"] = factor
+            weight = weight * factor.to(weight.device)
         tables[f"{name}.rows"], tables[f"{name}.scale"] = quantize_rows(weight)
     tables["embed.rows"], tables["embed.scale"] = quantize_rows(model.embed.weight)
     return tables
