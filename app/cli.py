@@ -11,7 +11,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from app.chat import defaults
 from app.config import Settings, get_settings
+from app.terminal_text import line, text
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -41,8 +43,8 @@ def config() -> None:
     settings = get_settings()
     table = Table("setting", "value", "environment variable", title="Rillet configuration")
     for name in Settings.model_fields:
-        table.add_row(name, str(getattr(settings, name)), f"RILLET_{name.upper()}")
-    table.add_row("(database in force)", settings.db_url, "")
+        table.add_row(name, line(getattr(settings, name)), f"RILLET_{name.upper()}")
+    table.add_row("(database in force)", line(settings.db_url), "")
     console.print(table)
 
 
@@ -54,7 +56,7 @@ def db_upgrade(revision: str = typer.Argument("head")) -> None:
     settings = get_settings()
     settings.ensure_dirs()
     upgrade(settings.db_url, revision)
-    console.print(f"Database at {settings.db_url} is at revision {revision}.")
+    console.print(f"Database at {line(settings.db_url)} is at revision {line(revision)}.")
 
 
 @cli.command()
@@ -67,7 +69,7 @@ def doctor() -> None:
     for check in run_checks(get_settings()):
         ok &= check.ok or not check.required
         color = "[green]" if check.ok else "[red]" if check.required else "[yellow]"
-        table.add_row(check.name, color + check.state, "" if check.ok else check.hint)
+        table.add_row(check.name, color + line(check.state), "" if check.ok else text(check.hint))
     console.print(table)
     raise typer.Exit(0 if ok else 1)
 
@@ -76,20 +78,26 @@ def doctor() -> None:
 def serve(
     host: str | None = typer.Option(None, help="Bind address (default from settings: 127.0.0.1)."),
     port: int | None = typer.Option(None, help="Port (default from settings: 7860)."),
-    auth: str | None = typer.Option(None, help="user:password required to open the page."),
+    auth: str | None = typer.Option(None, help="user:password required to open the page (visible in ps: prefer "
+                                    "--auth-file or RILLET_AUTH)."),
+    auth_file: Annotated[Path | None, typer.Option(help="A file whose first line is user:password.")] = None,
 ) -> None:
-    """Start the web UI."""
-    from ui.server import parse_auth
+    """Start the web UI.
+
+    With a credential (--auth, --auth-file or RILLET_AUTH) the page asks for it first."""
+    from ui.auth import read_credential
     from ui.server import serve as run_server
 
     try:
-        parse_auth(auth)
+        credential, warnings = read_credential(auth, auth_file)
     except ValueError as exc:
-        console.print(f"[red]{exc}")
+        console.print(f"[red]{text(exc)}")
         raise typer.Exit(2) from None
+    for warning in warnings:
+        console.print(f"[yellow]{text(warning)}")
     settings = get_settings()
     settings.ensure_dirs()
-    run_server(settings, host=host or settings.host, port=port or settings.port, auth=auth)
+    run_server(settings, host=host or settings.host, port=port or settings.port, auth=credential)
 
 
 @cli.command()
@@ -98,18 +106,35 @@ def chat(
                                                 "while the student is not trained)."),
     collection: str | None = typer.Option(None, "--collection", "-c", help="Collection the questions search."),
     session: int | None = typer.Option(None, "--session", "-s", help="Continue this session (default: a new one)."),
-    top_k: int = typer.Option(4, help="Passages retrieved per question."),
-    max_new_tokens: int = typer.Option(256, help="Longest answer, in tokens."),
-    temperature: float = typer.Option(0.0, help="0 answers greedily; higher values vary more."),
-    top_p: float = typer.Option(1.0, help="Nucleus sampling mass, in (0, 1]."),
+    top_k: int = typer.Option(defaults.TOP_K, help="Passages retrieved per question."),
+    max_new_tokens: int = typer.Option(defaults.MAX_NEW_TOKENS, help="Longest answer, in tokens."),
+    temperature: float = typer.Option(defaults.TEMPERATURE, help="0 answers greedily; higher values vary more."),
+    top_p: float = typer.Option(defaults.TOP_P, help="Nucleus sampling mass, in (0, 1]."),
     seed: int | None = typer.Option(None, help="Makes sampled answers repeatable."),
+    repetition_penalty: float = typer.Option(defaults.REPETITION_PENALTY,
+                                             help="Divides positive (multiplies negative) logits of tokens the "
+                                                  "answer used recently; 1 is off."),
+    presence_penalty: float = typer.Option(defaults.PRESENCE_PENALTY,
+                                           help="Subtracted once from a recently used token's logit, in [-2, 2]."),
+    frequency_penalty: float = typer.Option(defaults.FREQUENCY_PENALTY,
+                                            help="Subtracted per use from a recently used token's logit, in [-2, 2]."),
+    penalty_window: int = typer.Option(defaults.PENALTY_WINDOW,
+                                       help="Latest answer tokens the penalties look at (0: the whole answer)."),
+    no_repeat_ngram_size: int = typer.Option(defaults.NO_REPEAT_NGRAM_SIZE,
+                                             help="Never repeat an n-gram of this many tokens in an answer (0: off)."),
+    min_p: float = typer.Option(defaults.MIN_P,
+                                help="When sampling, drop tokens below min-p times the top one's probability."),
+    loop_stop: int = typer.Option(defaults.LOOP_STOP,
+                                  help="End an answer that starts repeating a run of this many tokens (0: off)."),
 ) -> None:
     """Chat in the terminal, with the web app's sessions and collections (an empty line or Ctrl-D quits)."""
     from app.chat.terminal import run
 
     settings = get_settings()
     options = {"top_k": top_k, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
-               "seed": seed}
+               "seed": seed, "repetition_penalty": repetition_penalty, "presence_penalty": presence_penalty,
+               "frequency_penalty": frequency_penalty, "penalty_window": penalty_window,
+               "no_repeat_ngram_size": no_repeat_ngram_size, "min_p": min_p, "loop_stop": loop_stop}
     raise typer.Exit(run(settings, console, model=model, collection=collection, session_id=session, options=options))
 
 
@@ -169,7 +194,7 @@ def convert(
             digest = run.export(teacher, folder, target, window)
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from exc
-        console.print(f"Wrote {target} (sha256 {digest[:16]}…)")
+        console.print(f"Wrote {line(target)} (sha256 {digest[:16]}…)")
         return
     if stage == "widen":
         if feature_dim is None:
@@ -218,14 +243,14 @@ def index(
         if watch:
             from retrieval.watch import watch_collection
 
-            console.print(f"Watching {path} for changes (Ctrl-C stops).")
+            console.print(f"Watching {line(path)} for changes (Ctrl-C stops).")
             watch_collection(retrieval, name, lambda report: print_report(console, report),
                              own_paths=[get_settings().data_dir])
             return
         with progress_bar(console) as update:
             report = retrieval.index(name, progress=update)
     except (ValueError, RuntimeError, NotADirectoryError) as exc:
-        console.print(f"[red]{exc}")
+        console.print(f"[red]{text(exc)}")
         raise typer.Exit(2) from None
     print_report(console, report)
 
@@ -248,7 +273,7 @@ def search(
     try:
         print_hits(console, retrieval, collection, query, k, path_glob, language, mode, lines)
     except (ValueError, CollectionNotFoundError) as exc:
-        console.print(f"[red]{exc}")
+        console.print(f"[red]{text(exc)}")
         raise typer.Exit(2) from None
 
 
@@ -263,14 +288,15 @@ def collections(delete: str | None = typer.Option(None, "--delete", help="Delete
         try:
             retrieval.delete_collection(delete)
         except CollectionNotFoundError as exc:
-            console.print(f"[red]{exc}")
+            console.print(f"[red]{text(exc)}")
             raise typer.Exit(2) from None
-        console.print(f"Deleted collection {delete!r}.")
+        console.print(f"Deleted collection {line(repr(delete))}.")
         return
     table = Table("name", "folders", "files", "chunks", "indexed at", title="Collections")
     for info in retrieval.list_collections():
         indexed = info.indexed_at.strftime("%Y-%m-%d %H:%M") if info.indexed_at else "never"
-        table.add_row(info.name, "\n".join(info.roots) or "(documents)", str(info.files), str(info.chunks), indexed)
+        table.add_row(line(info.name), "\n".join(line(r) for r in info.roots) or "(documents)", str(info.files),
+                      str(info.chunks), indexed)
     console.print(table)
 
 

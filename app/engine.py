@@ -27,6 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.chat import defaults
 from app.chat.events import Retrieved
 from app.chat.generation import Answer, Piece, generation_steps
 from app.chat.models import ModelRegistry, ServedModel, shared_registry
@@ -36,15 +39,16 @@ from app.config import Settings
 from app.database import open_database
 from backbone.errors import InvalidRequest, UserError
 from memory.errors import SessionConflictError, SessionNotFoundError
+from memory.limits import MAX_MESSAGE_CHARS
 from memory.recall import SessionRecall
 from memory.records import ChatMessage, LoadedSession, SessionInfo
 from memory.sessions import SessionStore
+from memory.text import clean_message
 from memory.transcript import feed
 from retrieval.service import CollectionNotFoundError, Retrieval
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_CHARS = 32_000
 MAX_MESSAGE_TOKENS = 4_000
 CONTEXT_MARGIN = 8  # tokens the commit may need beyond the fork (closing an answer cut at max_new_tokens)
 RECENT_MESSAGES = 2  # the last turn is fresh in the state; recall looks further back
@@ -56,28 +60,52 @@ class TurnRefused(InvalidRequest):
     """The turn cannot run as asked; the message says what to do. Nothing was sent or stored."""
 
 
+class TurnNotSaved(UserError, RuntimeError):
+    """The answer was written, but the database did not store the turn: nothing of it was kept (send it again)."""
+
+
 @dataclass(frozen=True)
 class TurnOptions:
-    top_k: int = 4
+    top_k: int = defaults.TOP_K
     recall_k: int = 2
-    temperature: float = 0.0
-    max_new_tokens: int = 256
-    source_tokens: int = 1024
-    top_p: float = 1.0
+    temperature: float = defaults.TEMPERATURE
+    max_new_tokens: int = defaults.MAX_NEW_TOKENS
+    source_tokens: int = defaults.SOURCE_TOKENS
+    top_p: float = defaults.TOP_P
     seed: int | None = None
+    # Repetition controls and min-p: backbone.generate.SamplingConfig says what each does, and checks them.
+    repetition_penalty: float = defaults.REPETITION_PENALTY
+    presence_penalty: float = defaults.PRESENCE_PENALTY
+    frequency_penalty: float = defaults.FREQUENCY_PENALTY
+    penalty_window: int = defaults.PENALTY_WINDOW
+    no_repeat_ngram_size: int = defaults.NO_REPEAT_NGRAM_SIZE
+    min_p: float = defaults.MIN_P
+    loop_stop: int = defaults.LOOP_STOP
     model: str | None = None  # None: settings.model
+
+    def sampling(self) -> Any:
+        """The backbone's SamplingConfig for these options (ValueError when one is out of range)."""
+        from backbone.generate import SamplingConfig
+
+        return SamplingConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                              seed=self.seed, repetition_penalty=self.repetition_penalty,
+                              presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
+                              penalty_window=self.penalty_window, no_repeat_ngram_size=self.no_repeat_ngram_size,
+                              min_p=self.min_p, loop_stop=self.loop_stop)
 
     def __post_init__(self) -> None:
         checks = [(0 <= self.top_k <= 20, "top-k must be between 0 and 20"),
                   (0 <= self.recall_k <= 10, "recall-k must be between 0 and 10"),
                   (0 <= self.temperature <= 2, "temperature must be between 0 and 2"),
                   (1 <= self.max_new_tokens <= 4096, "max answer tokens must be between 1 and 4096"),
-                  (64 <= self.source_tokens <= 6000, "the passage budget must be between 64 and 6000 tokens"),
-                  (0 < self.top_p <= 1, "top-p must be in (0, 1]"),
-                  (self.seed is None or self.seed >= 0, "the seed must be a whole number >= 0")]
+                  (64 <= self.source_tokens <= 6000, "the passage budget must be between 64 and 6000 tokens")]
         for ok, message in checks:
             if not ok:
                 raise TurnRefused(f"Invalid setting: {message}.")
+        try:  # what the sampler takes (top-p, seed, repetition controls, min-p) is checked by SamplingConfig alone
+            self.sampling()
+        except (TypeError, ValueError) as exc:
+            raise TurnRefused(f"Invalid setting: {exc}") from None
 
 
 @dataclass
@@ -189,7 +217,8 @@ class ChatEngine:
         return path
 
     def import_session(self, data: str | bytes) -> SessionInfo:
-        return self.store.import_json(data)
+        """A session from an exported file, held to the live limits; it gets Rillet's own system prompt."""
+        return self.store.import_json(data, system_prompt=DEFAULT_SYSTEM_PROMPT)
 
     def open_session(self, session_id: int, model: str | None = None) -> SessionView:
         """The transcript and the state (from its snapshot, or rebuilt) ready in the engine's cache."""
@@ -266,7 +295,10 @@ class ChatEngine:
     # --- chat turns ------------------------------------------------------------------------------
     def check_message(self, message: str, served: ServedModel) -> str:
         """The message to send, or `TurnRefused` saying why not (before anything is queued)."""
-        if not isinstance(message, str) or not message.strip():
+        if not isinstance(message, str):
+            raise TurnRefused("The message is empty; type a question first.")
+        message, _ = clean_message(message)  # control characters: removed (`ask` tells the user)
+        if not message.strip():
             raise TurnRefused("The message is empty; type a question first.")
         if len(message) > MAX_MESSAGE_CHARS:
             raise TurnRefused(f"The message has {len(message):,} characters; one message can have at most "
@@ -282,6 +314,7 @@ class ChatEngine:
         """Queue a turn; iterate the ticket for its events. `TurnRefused` for bad input, at once."""
         options = options or TurnOptions()
         served = self.served(options.model)
+        removed = clean_message(message)[1] if isinstance(message, str) else None
         message = self.check_message(message, served)
         info = self.store.get(session_id)  # SessionNotFoundError for a deleted session
         if info.collection:
@@ -292,7 +325,7 @@ class ChatEngine:
                                   "Pick another collection (or none) for it. Nothing was sent.") from None
         started = time.perf_counter()
         ticket = self.registry.scheduler.submit(
-            lambda t: self._turn(t, session_id, message, options, served, started), key=_key(session_id))
+            lambda t: self._turn(t, session_id, message, options, served, started, removed), key=_key(session_id))
         with self._tickets_lock:
             self._tickets = [t for t in self._tickets if not t.done] + [ticket]
         return ticket
@@ -325,10 +358,8 @@ class ChatEngine:
         return sources, recalled
 
     def _turn(self, ticket: Ticket, session_id: int, message: str, options: TurnOptions, served: ServedModel,
-              started: float) -> Iterator[Any]:
+              started: float, input_notice: str | None = None) -> Iterator[Any]:
         """The turn itself, on the model queue: one yield per bounded piece of work."""
-        from backbone.generate import SamplingConfig
-
         model = served.model
         loaded = self._load(session_id, served)
         yield None
@@ -348,8 +379,7 @@ class ChatEngine:
         yield Retrieved(prompt.sources, recalled, len(prompt.ids))
 
         fork = loaded.state.clone()
-        sampling = SamplingConfig(max_new_tokens=options.max_new_tokens, temperature=options.temperature,
-                                  top_p=options.top_p, seed=options.seed)
+        sampling = options.sampling()
         steps = generation_steps(model, prompt.ids, fork, sampling, ticket)
         first_token_s = None
         while True:
@@ -363,7 +393,7 @@ class ChatEngine:
             yield piece
         del fork
 
-        text = answer.text.strip()
+        text = clean_message(answer.text)[0].strip()  # what is stored is exactly what the state reads
         if answer.stop_reason == "cancelled":
             if not text:  # stopped before any word: nothing worth keeping
                 return TurnResult(loaded.info, message, "", [], "cancelled", served.label, len(prompt.ids), 0,
@@ -372,6 +402,7 @@ class ChatEngine:
             text += STOPPED_NOTE
         citations = [s.to_dict() for s in prompt.sources]
         info, state, notice = self._commit(session_id, loaded, served, message, text, citations)
+        notice = " ".join(n for n in (input_notice, loaded.notice, notice) if n) or None
         return TurnResult(info, message, text, prompt.sources, answer.stop_reason, served.label, len(prompt.ids),
                           answer.generated_tokens, first_token_s, time.perf_counter() - started,
                           state.num_tokens, state.nbytes, notice)
@@ -389,6 +420,11 @@ class ChatEngine:
             try:
                 info = self.store.append_turn(session_id, message, answer, state, model_fingerprint=model.fingerprint,
                                               expected_version=loaded.version, citations=citations)
+            except (SQLAlchemyError, UnicodeError) as exc:
+                log.error("session %d: the turn could not be stored", session_id, exc_info=exc)
+                raise TurnNotSaved(
+                    f"The answer could not be saved: the database refused it ({_db_reason(exc)}). Nothing of this "
+                    "turn was stored; the session is as it was before your message. Send it again.") from None
             except SessionConflictError:
                 if attempt:
                     raise
@@ -412,6 +448,13 @@ def project_docs_folder() -> Path | None:
     """Rillet's repository, when the app runs from a checkout (its README and notes)."""
     root = Path(__file__).resolve().parents[1]
     return root if (root / "README.md").is_file() else None
+
+
+def _db_reason(exc: BaseException) -> str:
+    """The database's own words, without the SQL and parameters that SQLAlchemy adds."""
+    original = getattr(exc, "orig", None) or exc
+    lines = str(original).strip().splitlines()
+    return lines[0] if lines else type(original).__name__
 
 
 def _key(session_id: int) -> str:
@@ -439,5 +482,5 @@ def _load_index(path: Path) -> Any:
     return VectorIndex.load(path)
 
 
-__all__ = ["ChatEngine", "Piece", "Retrieved", "SessionNotFoundError", "TurnOptions", "TurnRefused",
+__all__ = ["ChatEngine", "Piece", "Retrieved", "SessionNotFoundError", "TurnNotSaved", "TurnOptions", "TurnRefused",
            "TurnResult"]

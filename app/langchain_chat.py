@@ -17,6 +17,7 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field
 
+from app.chat import defaults
 from app.chat.events import Piece, follow
 from app.chat.generation import Answer, generation_steps
 
@@ -56,6 +57,14 @@ class ChatRillet(BaseChatModel):
     max_tokens: int = 256
     top_p: float = 1.0
     seed: int | None = None
+    # repetition controls and min-p, as in the web app (backbone.generate.SamplingConfig says what each does)
+    repetition_penalty: float = defaults.REPETITION_PENALTY
+    presence_penalty: float = defaults.PRESENCE_PENALTY
+    frequency_penalty: float = defaults.FREQUENCY_PENALTY
+    penalty_window: int = defaults.PENALTY_WINDOW
+    no_repeat_ngram_size: int = defaults.NO_REPEAT_NGRAM_SIZE
+    min_p: float = defaults.MIN_P
+    loop_stop: int = defaults.LOOP_STOP
     stop: list[str] | None = Field(default=None, alias="stop_sequences")
     streaming: bool = False
 
@@ -66,7 +75,7 @@ class ChatRillet(BaseChatModel):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         return {"model_name": self.model_name, "temperature": self.temperature, "max_tokens": self.max_tokens,
-                "top_p": self.top_p, "seed": self.seed}
+                "top_p": self.top_p, "seed": self.seed, **{name: getattr(self, name) for name in defaults.DECODING}}
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = LangSmithParams(ls_provider="rillet", ls_model_type="chat",
@@ -88,7 +97,8 @@ class ChatRillet(BaseChatModel):
         prompt = tokenizer.encode(tokenizer.render_chat(to_chat_messages(messages), add_generation_prompt=True))
         sampling = SamplingConfig(max_new_tokens=kwargs.get("max_tokens", self.max_tokens),
                                   temperature=kwargs.get("temperature", self.temperature),
-                                  top_p=kwargs.get("top_p", self.top_p), seed=kwargs.get("seed", self.seed))
+                                  top_p=kwargs.get("top_p", self.top_p), seed=kwargs.get("seed", self.seed),
+                                  **{name: kwargs.get(name, getattr(self, name)) for name in defaults.DECODING})
         stops = stop if stop is not None else self.stop
         ticket = registry.scheduler.submit(
             lambda t: generation_steps(model, prompt, model.new_state(), sampling, t, stops))

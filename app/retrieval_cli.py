@@ -13,6 +13,7 @@ from rich.table import Table
 
 from app.config import Settings
 from app.database import open_database
+from app.terminal_text import line, visible
 from retrieval.indexer import IndexReport
 from retrieval.indexer import Progress as IndexProgress
 from retrieval.service import CollectionElsewhereError, Retrieval
@@ -52,13 +53,13 @@ def progress_bar(console: Console) -> Iterator[callable]:  # type: ignore[valid-
 
 
 def print_report(console: Console, report: IndexReport) -> None:
-    table = Table(title=f"Collection {report.collection!r}", show_header=False)
+    table = Table(title=f"Collection {line(repr(report.collection))}", show_header=False)
     table.add_row("files seen", str(report.files_total))
     table.add_row("indexed (new or changed)", str(report.indexed))
     table.add_row("unchanged", str(report.unchanged))
     table.add_row("removed (gone from disk)", str(report.removed))
     for reason, count in report.skip_reasons().most_common():
-        table.add_row(f"skipped: {reason}", str(count))
+        table.add_row(f"skipped: {line(reason)}", str(count))
     table.add_row("failed", str(len(report.failed)))
     table.add_row("chunks added / removed / total",
                   f"{report.chunks_added} / {report.chunks_removed} / {report.chunks_total}")
@@ -67,7 +68,7 @@ def print_report(console: Console, report: IndexReport) -> None:
     table.add_row("time", f"{report.seconds:.1f} s{share}")
     console.print(table)
     for path, reason in report.failed:
-        console.print(f"[red]failed[/red] {path}: {reason}")
+        console.print(f"[red]failed[/red] {line(path)}: {line(reason)}")
 
 
 def print_hits(console: Console, retrieval: Retrieval, name: str, query: str, k: int, path_glob: str | None,
@@ -76,8 +77,8 @@ def print_hits(console: Console, retrieval: Retrieval, name: str, query: str, k:
     if not hits:
         console.print("No matches.")
     for rank, hit in enumerate(hits, start=1):
-        console.print(f"[bold]{rank:>2}. {hit.citation}[/bold]  [dim]{hit.score:.4f}  {hit.header or ''}",
+        console.print(f"[bold]{rank:>2}. {line(hit.citation)}[/bold]  [dim]{hit.score:.4f}  {line(hit.header or '')}",
                       highlight=False)
-        for line in hit.text.split("\n")[:lines]:
-            console.print(f"      {line}", markup=False, highlight=False)
+        for text_line in hit.text.split("\n")[:lines]:
+            console.print(f"      {visible(text_line)}", markup=False, highlight=False)
     return len(hits)

@@ -8,7 +8,8 @@ replaces the sections it ran and keeps the others, and perplexity rows accumulat
 carries the checkpoint's token count, so the table shows the student improving as it trains; a row
 already measured is not measured again unless --fresh).
 
-    python -m bench.student [--sections ppl,equivalence,long,decode,chat] [--long-tokens 32768] [--fresh]
+    python -m bench.student [--sections ppl,equivalence,long,decode,chat,chat-defaults] [--long-tokens 32768]
+                            [--fresh]
                             [--window SPEC]
 
 The newest stage is read with the windows the shipped file was exported with (its manifest's "window",
@@ -46,7 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 TRAINING = REPO / "backbone" / "checkpoints" / "training"
 RESULTS = REPO / "bench" / "results" / "student.md"
 RECORD = RESULTS.with_suffix(".json")
-SECTION_ORDER = ("ppl", "equivalence", "long", "decode", "chat")
+SECTION_ORDER = ("ppl", "equivalence", "long", "decode", "chat", "chat-defaults")
 CACHE = REPO / ".data" / "cache"
 
 QUESTIONS = [
@@ -260,11 +261,19 @@ def decode_section(teacher: LanguageModel, student: LanguageModel, states: dict)
             f"Student state: {size:,} bytes ({size / 2**20:.2f} MiB) in float32, whatever the length."]
 
 
-def answer(model: LanguageModel, filler: str, question: str) -> str:
+def answer(model: LanguageModel, filler: str, question: str, sampling: SamplingConfig | None = None) -> str:
     messages = [{"role": "user", "content": f"Here is some text to keep in mind:\n\n{filler}"},
                 {"role": "assistant", "content": "Thank you, I have read it."},
                 {"role": "user", "content": question}]
-    return model.chat(messages, SamplingConfig(max_new_tokens=40)).text
+    return model.chat(messages, sampling or SamplingConfig(max_new_tokens=40)).text
+
+
+def user_sampling(max_new_tokens: int = 40) -> SamplingConfig:
+    """The decoding users get (app/chat/defaults.py: temperature, top-p, penalties, n-gram blocking, loop
+    stop), with a short answer length as in the greedy check."""
+    from app.chat import defaults
+
+    return SamplingConfig(max_new_tokens=max_new_tokens, **defaults.sampling_fields())
 
 
 def is_right(reply: str, expected: str) -> bool:
@@ -272,13 +281,19 @@ def is_right(reply: str, expected: str) -> bool:
     return any(re.search(rf"(?<!\w){re.escape(e)}(?!\w)", reply.lower()) for e in expected.split("|"))
 
 
-def chat_section(teacher: LanguageModel, student: LanguageModel) -> list[str]:
+def chat_section(teacher: LanguageModel, student: LanguageModel, sampling: SamplingConfig | None = None
+                 ) -> list[str]:
     """Each question asked after 1,000 (France also 4,000) tokens of unrelated prose in the same
     conversation, for two kinds of prose: the essays and WikiText-2 validation (with its `<unk>` and
-    ` @-@ ` markup)."""
-    out = ["## Answers after long unrelated context", "",
-           "Greedy, 40 new tokens. The prose is a user message of N tokens, acknowledged by the assistant, "
-           "then the question. Right = the expected word appears in the reply."]
+    ` @-@ ` markup). Greedy without repetition controls, or with `sampling` (the defaults users get)."""
+    if sampling is None:
+        out = ["## Answers after long unrelated context", "",
+               "Greedy, 40 new tokens. The prose is a user message of N tokens, acknowledged by the assistant, "
+               "then the question. Right = the expected word appears in the reply."]
+    else:
+        shown = {k: v for k, v in dataclasses.asdict(sampling).items() if k != "seed"}
+        out = ["## Answers after long unrelated context, with the decoding users get", "",
+               f"The same check with the chat's default decoding (app/chat/defaults.py): {shown}."]
     texts = {"essays": essays_text()[:60_000],
              "WikiText-2 validation": shared_file("text/wikitext2_valid.txt").read_text(encoding="utf-8")[:60_000]}
     for name, text in texts.items():
@@ -288,13 +303,14 @@ def chat_section(teacher: LanguageModel, student: LanguageModel) -> list[str]:
                 "| --- | --- | --- | --- | --- | --- |"]
         agree = right = teacher_right = 0
         france, expected = QUESTIONS[0]
-        replies = {n: (answer(teacher, fillers[n], france), answer(student, fillers[n], france)) for n in (1000, 4000)}
+        replies = {n: (answer(teacher, fillers[n], france, sampling), answer(student, fillers[n], france, sampling))
+                   for n in (1000, 4000)}
         for n, (t, s) in replies.items():
             rows.append(f"| France | {n:,} tokens | {t!r} | {s!r} | {is_right(t, expected)} | "
                         f"{is_right(s, expected)} |")
         for i, (question, expected) in enumerate(QUESTIONS):
-            t, s = replies[1000] if i == 0 else (answer(teacher, fillers[1000], question),
-                                                 answer(student, fillers[1000], question))
+            t, s = replies[1000] if i == 0 else (answer(teacher, fillers[1000], question, sampling),
+                                                 answer(student, fillers[1000], question, sampling))
             ok_t, ok_s = is_right(t, expected), is_right(s, expected)
             agree += ok_t == ok_s
             right += ok_s
@@ -308,7 +324,7 @@ def chat_section(teacher: LanguageModel, student: LanguageModel) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sections", default="ppl,equivalence,long,decode,chat")
+    parser.add_argument("--sections", default="ppl,equivalence,long,decode,chat,chat-defaults")
     parser.add_argument("--long-tokens", type=int, default=32768)
     parser.add_argument("--variants", default="sinks,untrained,transfer,finetune",
                         help="Rows of the perplexity table; the last one that exists is evaluated further.")
@@ -341,6 +357,8 @@ def main() -> None:
         new["decode"] = decode_section(teacher, best, states)
     if "chat" in sections:
         new["chat"] = chat_section(teacher, best)
+    if "chat-defaults" in sections:
+        new["chat-defaults"] = chat_section(teacher, best, user_sampling())
     for name, lines in new.items():
         record["sections"][name] = [*lines, "", f"_Measured {stamp}._"]
     RECORD.parent.mkdir(parents=True, exist_ok=True)

@@ -55,8 +55,9 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def encode_state(tensors: dict[str, torch.Tensor], metadata: dict[str, str],
-                 options: CodecOptions = CodecOptions()) -> EncodedState:
-    """Serialize a state's `to_tensors()` and `metadata()` into a blob."""
+                 options: CodecOptions = CodecOptions(), *, model: str | None = None) -> EncodedState:
+    """Serialize a state's `to_tensors()` and `metadata()` into a blob; `model` (its fingerprint) is recorded
+    inside, so a row relabelled with another model's fingerprint is caught on reading."""
     stored, entries = {}, {}
     for name, tensor in tensors.items():
         tensor = tensor.detach().cpu().contiguous()
@@ -65,6 +66,8 @@ def encode_state(tensors: dict[str, torch.Tensor], metadata: dict[str, str],
         entries[name] = {"shape": list(tensor.shape), "dtype": _dtype_name(tensor.dtype),
                          "stored": _dtype_name(kept.dtype)}
     manifest = {"format_version": FORMAT_VERSION, "tensors": entries, "metadata": dict(metadata)}
+    if model is not None:
+        manifest["model"] = model
     blob = safetensors.torch.save(stored, metadata={MANIFEST_KEY: json.dumps(manifest, sort_keys=True)})
     codec = "safetensors"
     if options.compress:
@@ -75,19 +78,31 @@ def encode_state(tensors: dict[str, torch.Tensor], metadata: dict[str, str],
 
 
 def decode_state(blob: bytes, *, checksum: str, codec: str, format_version: int,
-                 manifest: dict[str, Any] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Verify and deserialize a blob into (tensors, metadata); `SnapshotError` if anything is off."""
-    decoder = _DECODERS.get(format_version)
+                 manifest: dict[str, Any] | None = None, model: str | None = None,
+                 byte_size: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Verify and deserialize a blob into (tensors, metadata); `SnapshotError` if anything is off, whatever
+    the stored values are (a damaged row may hold text where bytes belong, or numbers where text does)."""
+    decoder = _DECODERS.get(format_version) if isinstance(format_version, int) else None
     if decoder is None:
-        raise SnapshotError(f"snapshot format {format_version} is not known to this version of Rillet "
+        raise SnapshotError(f"snapshot format {format_version!r} is not known to this version of Rillet "
                             f"(it reads {sorted(_DECODERS)})")
-    if sha256(blob) != checksum:
+    if not isinstance(blob, bytes | bytearray | memoryview):
+        raise SnapshotError(f"the stored state is {type(blob).__name__}, not bytes")
+    blob = bytes(blob)
+    if byte_size is not None and byte_size != len(blob):
+        raise SnapshotError(f"the stored state has {len(blob):,} bytes, not the {byte_size!r} recorded")
+    if not isinstance(checksum, str) or sha256(blob) != checksum:
         raise SnapshotError("checksum mismatch: the stored state is damaged or truncated")
-    return decoder(blob, codec, manifest)
+    if not isinstance(codec, str):
+        raise SnapshotError(f"unknown snapshot codec {codec!r}")
+    tensors, metadata, recorded = decoder(blob, codec, manifest)
+    if model is not None and recorded is not None and recorded != model:
+        raise SnapshotError("the stored state was made by another model than its row says")
+    return tensors, metadata
 
 
 def _decode_v1(blob: bytes, codec: str, manifest: dict[str, Any] | None
-               ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+               ) -> tuple[dict[str, torch.Tensor], dict[str, str], str | None]:
     if codec == "safetensors+zstd":
         try:
             blob = zstandard.ZstdDecompressor().decompress(blob)
@@ -102,16 +117,26 @@ def _decode_v1(blob: bytes, codec: str, manifest: dict[str, Any] | None
         raise SnapshotError(f"state bytes cannot be parsed: {exc}") from exc
     if manifest is not None and manifest != header:
         raise SnapshotError("the manifest stored beside the state does not match the state itself")
-    entries = header["tensors"]
-    if set(entries) != set(tensors):
-        raise SnapshotError("the state's tensors do not match its manifest")
-    restored = {}
-    for name, entry in entries.items():
-        tensor = tensors[name]
-        if list(tensor.shape) != entry["shape"] or _dtype_name(tensor.dtype) != entry["stored"]:
-            raise SnapshotError(f"tensor {name!r} does not match its manifest")
-        restored[name] = tensor.to(getattr(torch, entry["dtype"]))
-    return restored, header["metadata"]
+    try:
+        entries = header["tensors"]
+        if set(entries) != set(tensors):
+            raise SnapshotError("the state's tensors do not match its manifest")
+        restored = {}
+        for name, entry in entries.items():
+            tensor = tensors[name]
+            if list(tensor.shape) != entry["shape"] or _dtype_name(tensor.dtype) != entry["stored"]:
+                raise SnapshotError(f"tensor {name!r} does not match its manifest")
+            dtype = getattr(torch, entry["dtype"])
+            if not isinstance(dtype, torch.dtype):
+                raise SnapshotError(f"tensor {name!r} has an unknown type {entry['dtype']!r}")
+            restored[name] = tensor.to(dtype)
+        metadata = header["metadata"]
+        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+            raise SnapshotError("the state's metadata is not a table of strings")
+        recorded = header.get("model")
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise SnapshotError(f"the state's manifest is malformed ({type(exc).__name__}: {exc})") from exc
+    return restored, metadata, recorded
 
 
 def _safetensors_metadata(blob: bytes) -> dict[str, str]:

@@ -10,30 +10,33 @@ of appending a turn its state never saw.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Engine, LargeBinary, Text, cast, delete, func, select, type_coerce, update
 from sqlalchemy.orm import Session
 
 from backbone.state import ModelState
 from memory.codec import CodecOptions, EncodedState, decode_state, encode_state
 from memory.db import make_sessionmaker, utcnow
-from memory.errors import InvalidTranscriptError, SessionConflictError, SessionNotFoundError
+from memory.errors import InvalidTranscriptError, SessionConflictError, SessionNotFoundError, SnapshotError
 from memory.exchange import from_json, to_json, to_markdown
+from memory.limits import TITLE_MAX
 from memory.models import ChatSession, Message, StateSnapshot
 from memory.policy import SnapshotPolicy
 from memory.records import ROLES, ChatMessage, LoadedSession, SessionInfo, SnapshotInfo
+from memory.text import check_text, one_line
 from memory.transcript import ChatModel, replay
 
 log = logging.getLogger(__name__)
-TITLE_MAX = 200
+ID_MAX = 2**31 - 1  # sessions.id is an INTEGER column: 32 bits on PostgreSQL (SQLite's 64 bits hold more)
 
 
 def _title(title: str) -> str:
-    title = " ".join(title.split())
+    title = one_line(title)
     if not title:
         raise InvalidTranscriptError("A session title cannot be empty; type a few words.")
     if len(title) > TITLE_MAX:
@@ -41,12 +44,30 @@ def _title(title: str) -> str:
     return title
 
 
+def _session_id(session_id: Any) -> int:
+    """A session id as the databases can look it up; any other value (2**63, -1, "7") names no session."""
+    if isinstance(session_id, bool) or not isinstance(session_id, int) or not 1 <= session_id <= ID_MAX:
+        raise SessionNotFoundError(session_id)
+    return session_id
+
+
 def _checked(message: ChatMessage) -> ChatMessage:
     if message.role not in ROLES:
         raise InvalidTranscriptError(f"Unknown message role {message.role!r}; use one of {', '.join(ROLES)}.")
     if not isinstance(message.text, str):
         raise InvalidTranscriptError(f"A message's text must be a string, not {type(message.text).__name__}.")
+    check_text(message.text, f"A {message.role} message")
     return message
+
+
+def _json(text: str | None) -> Any:
+    """A manifest column's JSON; `SnapshotError` when it is not JSON (a damaged row)."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise SnapshotError(f"the manifest stored beside the state is not JSON ({exc})") from None
 
 
 class SessionStore:
@@ -70,7 +91,7 @@ class SessionStore:
                 for s, n in db.execute(stmt)]
 
     def _info(self, db: Session, session_id: int) -> SessionInfo:
-        found = self._infos(db, ChatSession.id == session_id)
+        found = self._infos(db, ChatSession.id == _session_id(session_id))
         if not found:
             raise SessionNotFoundError(session_id)
         return found[0]
@@ -87,12 +108,14 @@ class SessionStore:
             return self._infos(db, limit=limit, offset=offset)
 
     def messages(self, session_id: int) -> list[ChatMessage]:
+        session_id = _session_id(session_id)
         with self._db() as db:
             rows = db.scalars(select(Message).where(Message.session_id == session_id).order_by(Message.ordinal))
             return [ChatMessage(m.role, m.text, m.citations, m.ordinal, m.created_at) for m in rows]
 
     def snapshots(self, session_id: int) -> list[SnapshotInfo]:
         """Stored states of a session, oldest first, without their blobs."""
+        session_id = _session_id(session_id)
         cols = (StateSnapshot.id, StateSnapshot.ordinal, StateSnapshot.model_fingerprint,
                 StateSnapshot.format_version, StateSnapshot.codec, StateSnapshot.dtype, StateSnapshot.token_count,
                 StateSnapshot.byte_size, StateSnapshot.created_at)
@@ -124,6 +147,7 @@ class SessionStore:
 
     def delete(self, session_id: int) -> None:
         """Delete a session with its messages and snapshots (its branches stay, as sessions of their own)."""
+        session_id = _session_id(session_id)
         with self._db.begin() as db:
             if db.execute(delete(ChatSession).where(ChatSession.id == session_id)).rowcount == 0:
                 raise SessionNotFoundError(session_id)
@@ -131,6 +155,7 @@ class SessionStore:
     def _claim(self, db: Session, session_id: int, expected_version: int | None, *, bump: bool = True,
                **values: Any) -> None:
         """Take the session's write lock (and check its version) as the transaction's first statement."""
+        session_id = _session_id(session_id)
         stmt = update(ChatSession).where(ChatSession.id == session_id)
         if expected_version is not None:
             stmt = stmt.where(ChatSession.version == expected_version)
@@ -174,8 +199,8 @@ class SessionStore:
         if doomed:
             db.execute(delete(StateSnapshot).where(StateSnapshot.id.in_(doomed)))
 
-    def _encode(self, state: ModelState) -> EncodedState:
-        return encode_state(state.to_tensors(), state.metadata(), self.codec)
+    def _encode(self, state: ModelState, fingerprint: str) -> EncodedState:
+        return encode_state(state.to_tensors(), state.metadata(), self.codec, model=fingerprint)
 
     def append_turn(self, session_id: int, user: str, assistant: str, state: ModelState, *,
                     model_fingerprint: str, expected_version: int,
@@ -188,7 +213,7 @@ class SessionStore:
         """
         turn = [ChatMessage("user", user), _checked(ChatMessage("assistant", assistant, citations))]
         _checked(turn[0])
-        encoded = self._encode(state)  # before the transaction: the write lock is held only for the writes
+        encoded = self._encode(state, model_fingerprint)  # before the transaction: the lock is held only for writes
         with self._db.begin() as db:
             self._claim(db, session_id, expected_version, token_count=state.num_tokens,
                         model_fingerprint=model_fingerprint)
@@ -227,24 +252,30 @@ class SessionStore:
         problems: list[str] = []
         bad: list[int] = []
         with self._db() as db:
+            # The blob and the manifest are read as raw bytes and text and checked here: a damaged row may
+            # hold text in the blob column (SQLite keeps any type) or a manifest that is not JSON, and
+            # the driver would fail on those before any check could call the snapshot damaged.
             rows = db.execute(
                 select(StateSnapshot.id, StateSnapshot.ordinal, StateSnapshot.format_version, StateSnapshot.codec,
-                       StateSnapshot.checksum, StateSnapshot.manifest)
+                       StateSnapshot.checksum, type_coerce(cast(StateSnapshot.manifest, Text), Text),
+                       StateSnapshot.byte_size)
                 .where(StateSnapshot.session_id == session_id, StateSnapshot.model_fingerprint == model.fingerprint,
                        StateSnapshot.ordinal <= last_ordinal)
                 .order_by(StateSnapshot.ordinal.desc())).all()
-            for snap_id, ordinal, version, codec, checksum, manifest in rows:
-                blob = db.scalar(select(StateSnapshot.blob).where(StateSnapshot.id == snap_id))
+            for snap_id, ordinal, version, codec, checksum, manifest, byte_size in rows:
+                blob = db.scalar(select(cast(StateSnapshot.blob, LargeBinary)).where(StateSnapshot.id == snap_id))
                 if blob is None:  # pruned meanwhile by another writer
                     continue
                 try:
                     tensors, metadata = decode_state(blob, checksum=checksum, codec=codec, format_version=version,
-                                                     manifest=manifest)
+                                                     manifest=_json(manifest), model=model.fingerprint,
+                                                     byte_size=byte_size)
                     return model.state_from_tensors(tensors, metadata), ordinal, problems, bad
-                except (ValueError, RuntimeError) as exc:
+                except Exception as exc:  # whatever is wrong with one snapshot, the transcript rebuilds it
                     log.warning("Snapshot %d of session %d (after message %d) is unusable: %s",
                                 snap_id, session_id, ordinal, exc)
-                    problems.append(str(exc))
+                    problems.append(str(exc) if isinstance(exc, ValueError | RuntimeError)
+                                    else f"{type(exc).__name__}: {exc}")
                     bad.append(snap_id)
         return None, None, problems, bad
 
@@ -296,7 +327,7 @@ class SessionStore:
     def _save_rebuilt(self, session_id: int, version: int, ordinal: int, fingerprint: str, state: ModelState,
                       bad: list[int]) -> None:
         """Store a rebuilt state, unless the session moved on meanwhile (then it is simply not cached)."""
-        encoded = self._encode(state)
+        encoded = self._encode(state, fingerprint)
         with self._db.begin() as db:
             try:
                 self._claim(db, session_id, version, bump=False, model_fingerprint=fingerprint,
@@ -324,7 +355,7 @@ class SessionStore:
         state, fed, restored, notice, bad = self._rebuild(session_id, info, messages, model, progress,
                                                           explain_missing=False)
         needs_snapshot = keep > 0 and restored != keep - 1
-        encoded = self._encode(state) if keep > 0 and (fork or needs_snapshot) else None
+        encoded = self._encode(state, model.fingerprint) if keep > 0 and (fork or needs_snapshot) else None
         with self._db.begin() as db:
             if fork:
                 self._claim(db, session_id, info.version, bump=False)  # the parent must still match `messages`
@@ -356,13 +387,18 @@ class SessionStore:
     def export_markdown(self, session_id: int) -> str:
         return to_markdown(self.get(session_id), self.messages(session_id))
 
-    def import_json(self, data: dict[str, Any] | str | bytes) -> SessionInfo:
-        """A new session holding an exported transcript; its state is built on first load."""
+    def import_json(self, data: dict[str, Any] | str | bytes, *, system_prompt: str | None = None) -> SessionInfo:
+        """A new session holding an exported transcript; its state is built on first load.
+
+        The file is held to the live chat's limits (`memory.exchange.from_json`). Its system prompt is not
+        taken: hidden instructions to the model do not come in with a file. The session gets
+        `system_prompt`, the installation's own (None: none).
+        """
         exported = from_json(data)
         messages = [ChatMessage(m.role, m.text, m.citations, created_at=m.created_at) for m in exported.messages]
         with self._db.begin() as db:
-            row = ChatSession(title=_title(exported.title), collection=exported.collection,
-                              system_prompt=exported.system_prompt,
+            collection = (exported.collection or "").strip() or None
+            row = ChatSession(title=_title(exported.title), collection=collection, system_prompt=system_prompt or None,
                               **({"created_at": exported.created_at} if exported.created_at else {}))
             db.add(row)
             db.flush()

@@ -50,10 +50,11 @@ class BM25Index:
     def build(cls, ids: Sequence[int], texts: Sequence[str]) -> BM25Index:
         order = np.argsort(np.asarray(ids, dtype=np.int64), kind="stable")
         ids = np.asarray(ids, dtype=np.int64)[order]
-        if len(ids) == 0:
+        corpus = [tokenize(texts[i]) for i in order]
+        if not any(corpus):  # no chunk has a word (or there is none): nothing to score, and bm25s cannot index it
             return cls(ids, None)
         model = bm25s.BM25()
-        model.index([tokenize(texts[i]) for i in order], show_progress=False)
+        model.index(corpus, show_progress=False)
         return cls(ids, model)
 
     def __len__(self) -> int:
@@ -83,7 +84,7 @@ class BM25Index:
         np.save(tmp / "ids.npy", self.ids)
         if self.model is not None:
             self.model.save(str(tmp), show_progress=False)
-        (tmp / "complete.json").write_text(json.dumps({"documents": len(self.ids)}))
+        (tmp / "complete.json").write_text(json.dumps({"documents": len(self.ids), "model": self.model is not None}))
         if folder.exists():
             os.replace(folder, old)
         os.replace(tmp, folder)
@@ -95,5 +96,6 @@ class BM25Index:
         if not (folder / "complete.json").exists():
             raise FileNotFoundError(f"no complete BM25 index in {folder}")
         ids = np.load(folder / "ids.npy")
-        model = bm25s.BM25.load(str(folder), show_progress=False) if len(ids) else None
+        has_model = json.loads((folder / "complete.json").read_text()).get("model", len(ids) > 0)
+        model = bm25s.BM25.load(str(folder), show_progress=False) if has_model else None
         return cls(ids, model)

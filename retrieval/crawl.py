@@ -35,6 +35,7 @@ SKIPPED_FOLDERS = frozenset(
     ]
 )
 MiB = 1 << 20
+PATH_MAX_CHARS = 1024  # the catalog's path column (files.path)
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class Entry:
     mtime: float
     language: str | None
     skip: str | None = None
+    recorded: bool = True  # False: the path cannot be stored in the catalog (reported on every run instead)
 
 
 @dataclass(frozen=True)
@@ -124,9 +126,15 @@ class Crawler:
             return None
         if self._hidden(rel, is_dir, rules):
             return None
+        if not _decodable(entry.name):  # the folder is reported once: nothing under it could be stored either
+            return Entry(number, shown_path(rel), Path(entry.path), 0, st.st_mtime, None,
+                         f"undecodable file name: {os.fsencode(entry.name)!r}", recorded=False)
+        if not is_dir and len(rel) > PATH_MAX_CHARS:
+            return Entry(number, rel, Path(entry.path), st.st_size, st.st_mtime, None,
+                         f"path longer than {PATH_MAX_CHARS} characters ({len(rel):,})", recorded=False)
         if link and not target.is_relative_to(real_root):
             return Entry(number, rel, Path(entry.path), 0, st.st_mtime, None,
-                         f"symbolic link outside the indexed folder (to {target})")
+                         f"symbolic link outside the indexed folder (to {shown_path(str(target))})")
         if is_dir:
             key = (st.st_dev, st.st_ino)
             if key in seen:  # a loop, or a second way to the same folder: its files are indexed once
@@ -137,7 +145,7 @@ class Crawler:
             seen.add(key)
             return target
         if link:
-            own_path = target.relative_to(real_root).as_posix()
+            own_path = shown_path(target.relative_to(real_root).as_posix())
             return Entry(number, rel, Path(entry.path), st.st_size, st.st_mtime, None,
                          f"symbolic link to a file indexed under its own path ({own_path})")
         if not entry.is_file():
@@ -159,6 +167,21 @@ class Crawler:
             if size > limit:
                 skip = f"larger than the {limit / MiB:g} MiB limit ({size / MiB:.1f} MiB)"
         return Entry(number, rel, path, size, mtime, language, skip)
+
+
+def _decodable(name: str) -> bool:
+    """False for a name whose bytes are not UTF-8: Python hands it over with surrogate escapes, which
+    no database column can store and no citation can show."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown_path(rel: str) -> str:
+    """A relative path as text that can be stored and printed: undecodable bytes as \\xNN escapes."""
+    return os.fsencode(rel).decode("utf-8", "backslashreplace")
 
 
 def _with_gitignore(folder: Path, prefix: str, rules: _Rules) -> _Rules:

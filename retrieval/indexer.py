@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from sqlalchemy import insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from retrieval.catalog import Chunk, File
@@ -30,6 +31,8 @@ from retrieval.search import display_path
 from retrieval.store import CollectionStore
 
 log = logging.getLogger(__name__)
+# What a database (or its driver, for text it cannot encode) raises for rows it refuses.
+CATALOG_ERRORS = (SQLAlchemyError, UnicodeError, ValueError)
 
 BATCH_CHUNKS = 2048  # chunks per commit: a large pool sorts into well-filled embedding batches
 SAVE_EVERY_S = 60.0
@@ -115,7 +118,12 @@ class Indexer:
         self.report.files_total = len(entries)
         known = self._known()
         work: list[tuple[Entry, _Known | None]] = []
+        unrecorded = 0
         for entry in entries:
+            if not entry.recorded:  # no catalog row can hold it: reported on every run
+                self.report.skipped.append((self._title(entry), entry.skip or ""))
+                unrecorded += 1
+                continue
             row = known.pop((entry.root, entry.path), None)
             if row is not None and (row.size, row.mtime) == (entry.size, entry.mtime) and row.status != "failed":
                 self.report.unchanged += 1
@@ -123,7 +131,7 @@ class Indexer:
                     self.report.skipped.append((self._title(entry), row.error or ""))
             else:
                 work.append((entry, row))
-        self.files_done = self.report.unchanged
+        self.files_done = self.report.unchanged + unrecorded
         self.bytes_total = sum(e.size for e, _ in work if not e.skip)
         self._progress("crawl")
         self._remove([row.id for row in known.values()])
@@ -192,8 +200,27 @@ class Indexer:
         return _Outcome(entry, file_id, "indexed", digest=digest, language=document.language, chunks=chunks)
 
     def _commit(self, batch: list[_Outcome]) -> None:
+        """Store a batch; if the database refuses it, store its files one by one, so that a file whose rows
+        cannot be stored fails alone (recorded with the reason) and the run goes on."""
         if not batch:
             return
+        try:
+            self._commit_batch(batch)
+        except CATALOG_ERRORS as exc:
+            if len(batch) > 1:
+                for outcome in batch:
+                    self._commit([outcome])
+                return
+            outcome = batch[0]
+            reason = f"cannot be recorded in the catalog: {_short(exc)}"
+            log.warning("%s %s", self._title(outcome.entry), reason, exc_info=exc)
+            failed = _Outcome(outcome.entry, outcome.file_id, "failed", reason, language=outcome.entry.language)
+            try:
+                self._commit_batch([failed])
+            except CATALOG_ERRORS:  # not even the failure can be stored (e.g. its path): report it only
+                self._count(failed)
+
+    def _commit_batch(self, batch: list[_Outcome]) -> None:
         planned = [(o, c) for o in batch for c in o.chunks]
         texts = [c.embed_text for _, c in planned]
         hashes = [text_hash(t) for t in texts]
@@ -239,7 +266,7 @@ class Indexer:
         updates, inserts = [], []
         for o in batch:
             e = o.entry
-            values = {"size": e.size, "mtime": e.mtime, "language": o.language, "error": o.reason,
+            values = {"size": e.size, "mtime": e.mtime, "language": o.language, "error": _storable(o.reason),
                       "status": "indexed" if o.status == "same" else o.status}
             if o.digest is not None:
                 values["content_hash"] = o.digest
@@ -282,3 +309,17 @@ class Indexer:
             eta = elapsed * (self.bytes_total - self.bytes_done) / self.bytes_done
         self.on_progress(Progress(stage, self.files_done, self.report.files_total,
                                   self.report.chunks_added, self.report.embedded, elapsed, eta))
+
+
+def _short(exc: BaseException) -> str:
+    """The database's own words, without the statement and parameters SQLAlchemy adds."""
+    original = getattr(exc, "orig", None) or exc
+    lines = str(original).strip().splitlines()
+    return lines[0] if lines else type(original).__name__
+
+
+def _storable(text: str | None) -> str | None:
+    """A reason as the catalog can store it: no NUL, undecodable bytes escaped."""
+    if text is None:
+        return None
+    return text.replace("\x00", "").encode("utf-8", "backslashreplace").decode("utf-8")

@@ -13,6 +13,7 @@ A collection with roots is crawled from disk; one without roots holds documents 
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import threading
 import uuid
@@ -28,8 +29,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from backbone.errors import InvalidRequest, UserError
 from memory.db import make_sessionmaker, utcnow
+from memory.limits import COLLECTION_NAME_MAX
+from memory.text import NOT_IN_NAMES, codepoint
 from retrieval.catalog import Chunk, Collection, File
 from retrieval.chunking import Chunker
+from retrieval.crawl import PATH_MAX_CHARS
 from retrieval.embedder import Embedder, SentenceEmbedder, text_hash
 from retrieval.embedding_cache import EmbeddingCache, batched
 from retrieval.indexer import Indexer, IndexReport, Progress
@@ -48,6 +52,7 @@ from retrieval.store import CollectionStore
 
 log = logging.getLogger(__name__)
 DOCUMENT = "document"  # the language of documents added through the API
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # what no database text column takes
 
 
 class CollectionNotFoundError(UserError, LookupError):
@@ -92,8 +97,12 @@ class Retrieval:
                           ignore: Sequence[str] = ()) -> CollectionInfo:
         """A new collection over `roots` (existing folders), with gitignore-style `ignore` patterns."""
         name = name.strip()
-        if not name or len(name) > 200:
-            raise InvalidRequest("A collection needs a name of 1 to 200 characters.")
+        if not name or len(name) > COLLECTION_NAME_MAX:
+            raise InvalidRequest(f"A collection needs a name of 1 to {COLLECTION_NAME_MAX} characters.")
+        found = NOT_IN_NAMES.search(name)
+        if found:
+            raise InvalidRequest(f"A collection name is one line without control characters "
+                                 f"({codepoint(found.group())} given); use letters, digits, spaces and punctuation.")
         resolved = []
         for root in roots:
             path = Path(root).expanduser().resolve()
@@ -243,8 +252,16 @@ class Retrieval:
     # --- documents added through the API ---------------------------------------------------------
     def add_documents(self, name: str, documents: Sequence[tuple[str | None, str, dict[str, Any] | None]]) -> list[str]:
         """Add or replace (id, text, metadata) documents, each one chunk; returns their ids (new ones are
-        UUIDs). Meant for text that is already split, as LangChain hands it over."""
+        UUIDs). Meant for text that is already split, as LangChain hands it over. Text or an id holding NUL
+        or half a character (no database stores either) is refused with the document named."""
         ids = [doc_id if doc_id is not None else str(uuid.uuid4()) for doc_id, _, _ in documents]
+        for doc_id, (_, text, _) in zip(ids, documents, strict=True):
+            for what, value in (("id", doc_id), ("text", text)):
+                if not isinstance(value, str) or UNSTORABLE.search(value):
+                    raise InvalidRequest(f"Document {doc_id!r}: its {what} holds NUL or half a character (a lone "
+                                         "surrogate), which cannot be stored; remove it first.")
+            if len(doc_id) > PATH_MAX_CHARS:
+                raise InvalidRequest(f"Document id {doc_id[:40]!r}… is longer than {PATH_MAX_CHARS} characters.")
         latest = {doc_id: (text, meta) for doc_id, (_, text, meta) in zip(ids, documents, strict=True)}
         collection_id, store = self._documents_collection(name)
         keys = list(latest)
@@ -302,7 +319,9 @@ class Retrieval:
     # --- plumbing --------------------------------------------------------------------------------
     @staticmethod
     def _row(session: Session, name: str) -> Collection:
-        collection = session.scalar(select(Collection).where(Collection.name == name))
+        # A name no collection can have is not looked up: the database would refuse it (NUL, half a character).
+        storable = isinstance(name, str) and not UNSTORABLE.search(name)
+        collection = session.scalar(select(Collection).where(Collection.name == name)) if storable else None
         if collection is None:
             raise CollectionNotFoundError(f"No collection named {name!r}; `rillet index PATH --collection "
                                           f"{name}` creates it.")

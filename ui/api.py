@@ -17,6 +17,7 @@ from typing import Any
 
 import gradio as gr
 
+from app.chat import defaults
 from app.chat.events import follow
 from app.engine import ChatEngine, TurnOptions
 from backbone.errors import report, shown
@@ -85,11 +86,21 @@ def add_api(engine: ChatEngine) -> None:
         """Stop the session's answer in progress; the number of turns stopped."""
         return engine.cancel(int(session_id))
 
-    def ask(session_id: int, message: str, top_k: int = 4, temperature: float = 0.0, max_new_tokens: int = 256,
-            model: str = "") -> Iterator[dict[str, Any]]:
-        """Stream an answer: updates carry the text so far; the last has `done`, citations and timings."""
-        options = guard(lambda: TurnOptions(top_k=int(top_k), temperature=float(temperature),
-                                            max_new_tokens=int(max_new_tokens), model=model or None))
+    def ask(session_id: int, message: str, top_k: int = defaults.TOP_K, temperature: float = defaults.TEMPERATURE,
+            max_new_tokens: int = defaults.MAX_NEW_TOKENS, model: str = "", top_p: float = defaults.TOP_P,
+            repetition_penalty: float = defaults.REPETITION_PENALTY,
+            presence_penalty: float = defaults.PRESENCE_PENALTY,
+            frequency_penalty: float = defaults.FREQUENCY_PENALTY, penalty_window: int = defaults.PENALTY_WINDOW,
+            no_repeat_ngram_size: int = defaults.NO_REPEAT_NGRAM_SIZE, min_p: float = defaults.MIN_P,
+            loop_stop: int = defaults.LOOP_STOP) -> Iterator[dict[str, Any]]:
+        """Stream an answer: updates carry the text so far; the last has `done`, citations and timings.
+        The decoding settings mean what `rillet chat --help` says (backbone.generate.SamplingConfig)."""
+        options = guard(lambda: TurnOptions(
+            top_k=int(top_k), temperature=float(temperature), max_new_tokens=int(max_new_tokens),
+            model=model or None, top_p=float(top_p), repetition_penalty=float(repetition_penalty),
+            presence_penalty=float(presence_penalty), frequency_penalty=float(frequency_penalty),
+            penalty_window=int(penalty_window), no_repeat_ngram_size=int(no_repeat_ngram_size), min_p=float(min_p),
+            loop_stop=int(loop_stop)))
         ticket = guard(lambda: engine.ask(int(session_id), message, options))
         try:
             for turn in follow(ticket):

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import gradio as gr
 
+from app.chat import defaults
 from app.chat.events import follow
 from app.engine import ChatEngine, SessionNotFoundError, TurnOptions
 from backbone.errors import UserError, report, shown
@@ -189,10 +190,10 @@ class Page:
         if session_id is None:
             return gr.skip(), render.error_note(Exception("Open or start a session first."))
         try:
-            self.engine.rename_session(session_id, title)
+            info = self.engine.rename_session(session_id, title)
         except Exception as exc:
             return gr.skip(), self.problem(exc, "rename")
-        return gr.update(choices=self.session_choices(), value=session_id), f"Renamed to “{title.strip()}”."
+        return gr.update(choices=self.session_choices(), value=session_id), f"Renamed to “{info.title}”."
 
     def ask_delete(self, session_id: int | None) -> tuple[Any, str]:
         if session_id is None:
@@ -291,22 +292,26 @@ class Page:
 
     # --- chat ------------------------------------------------------------------------------------
     def respond(self, message: str, session_id: int | None, collection: str, history: list[dict[str, Any]] | None,
-                top_k: float, temperature: float, max_tokens: float, model: str) -> Iterator[Answering]:
-        """Stream one answer."""
+                top_k: float, temperature: float, max_tokens: float, model: str, *decoding: float
+                ) -> Iterator[Answering]:
+        """Stream one answer. `decoding`: values of the settings named in `defaults.DECODING`, in that order
+        (the rest: defaults)."""
         history = list(history or [])
         try:
             served = self.engine.served(model or None)
-            message = self.engine.check_message(message, served)
+            checked = self.engine.check_message(message, served)
+            chosen = {name: type(default)(value)
+                      for (name, default), value in zip(defaults.DECODING.items(), decoding, strict=False)}
             options = TurnOptions(top_k=int(top_k), temperature=float(temperature), max_new_tokens=int(max_tokens),
-                                  model=model or None)
+                                  model=model or None, **chosen)
             if session_id is None:
-                session_id = self.engine.create_session(title_from(message), collection or None).id
+                session_id = self.engine.create_session(title_from(checked), collection or None).id
             changed_elsewhere = self.visible_count(session_id) != len(history)
-            ticket = self.engine.ask(session_id, message, options)
+            ticket = self.engine.ask(session_id, message, options)  # as typed: the result says what was removed
         except Exception as exc:
             yield Answering(message=message, session=session_id, notice=self.problem(exc, "respond"))
             return
-        history += [{"role": "user", "content": message}, {"role": "assistant", "content": "…"}]
+        history += [{"role": "user", "content": checked}, {"role": "assistant", "content": "…"}]
         yield Answering(message="", chat=history, session=session_id,
                         sessions=gr.update(choices=self.session_choices(), value=session_id), notice="",
                         remembered=session_id)
@@ -404,11 +409,30 @@ class Page:
                         coll_no = gr.Button("Cancel", size="sm")
 
             with gr.Accordion("Settings", open=False, elem_id="rillet-settings"), gr.Row():
-                top_k = gr.Slider(0, 10, value=4, step=1, label="Passages per question (top-k)")
-                temperature = gr.Slider(0, 1.5, value=0.0, step=0.05, label="Temperature (0 = always the same)")
-                max_tokens = gr.Slider(16, 1024, value=256, step=16, label="Longest answer (tokens)")
+                top_k = gr.Slider(0, 10, value=defaults.TOP_K, step=1, label="Passages per question (top-k)")
+                temperature = gr.Slider(0, 1.5, value=defaults.TEMPERATURE, step=0.05,
+                                        label="Temperature (0 = always the same)")
+                max_tokens = gr.Slider(16, 1024, value=defaults.MAX_NEW_TOKENS, step=16,
+                                       label="Longest answer (tokens)")
                 model = gr.Radio(["teacher", "student"], value=settings.model, label="Model",
                                  elem_id="rillet-model")
+            with gr.Accordion("Repetition and sampling", open=False, elem_id="rillet-decoding"), gr.Row():
+                decoding = [
+                    gr.Slider(1.0, 2.0, value=defaults.REPETITION_PENALTY, step=0.05,
+                              label="Repetition penalty (1 = off)", elem_id="rillet-repetition_penalty"),
+                    gr.Slider(0.0, 2.0, value=defaults.PRESENCE_PENALTY, step=0.1, label="Presence penalty",
+                              elem_id="rillet-presence_penalty"),
+                    gr.Slider(0.0, 2.0, value=defaults.FREQUENCY_PENALTY, step=0.1, label="Frequency penalty",
+                              elem_id="rillet-frequency_penalty"),
+                    gr.Slider(0, 512, value=defaults.PENALTY_WINDOW, step=8,
+                              label="Penalty window (latest answer tokens; 0 = all)", elem_id="rillet-penalty_window"),
+                    gr.Slider(0, 12, value=defaults.NO_REPEAT_NGRAM_SIZE, step=1,
+                              label="Never repeat n tokens (0 = off)", elem_id="rillet-no_repeat_ngram_size"),
+                    gr.Slider(0.0, 0.5, value=defaults.MIN_P, step=0.01, label="Min-p (when sampling)",
+                              elem_id="rillet-min_p"),
+                    gr.Slider(0, 32, value=defaults.LOOP_STOP, step=1,
+                              label="Stop a loop of n tokens (0 = off)", elem_id="rillet-loop_stop"),
+                ]
 
             on = {"api_visibility": "private"}  # the page's own events; the programmatic API is ui/api.py
             named = {"session": session, "sessions": sessions, "chat": chatbot, "collection": collection,
@@ -438,7 +462,7 @@ class Page:
             coll_no.click(lambda: gr.update(visible=False), None, [confirm_coll], **on)
             coll_yes.click(self.delete_collection, [collection], outputs(CollectionDeleted), **on)
 
-            ask_inputs = [message, session, collection, chatbot, top_k, temperature, max_tokens, model]
+            ask_inputs = [message, session, collection, chatbot, top_k, temperature, max_tokens, model, *decoding]
             for trigger in (message.submit, send_btn.click):
                 trigger(self.respond, ask_inputs, outputs(Answering), concurrency_limit=None, show_progress="hidden",
                         **on)

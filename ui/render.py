@@ -28,18 +28,20 @@ def _fence(text: str) -> str:
 
 
 def citation_block(citations: Sequence[dict[str, Any]]) -> str:
-    """Sources under an answer: each `path:lines` expands to its snippet (HTML details + Markdown code)."""
+    """Sources under an answer: each `path:lines` expands to its snippet (HTML details + Markdown code).
+    The best one (the first) is open, so the lines that answer the question are in sight."""
     if not citations:
         return ""
     items = []
-    for c in citations:
+    for number, c in enumerate(citations):
         label = html.escape(str(c.get("citation") or f"{c.get('path')}:{c.get('start_line')}-{c.get('end_line')}"))
         text = str(c.get("text") or "")
         if len(text) > SNIPPET_CHARS:
             text = text[:SNIPPET_CHARS] + "\n…"
         fence = _fence(text)
         lang = LANGUAGE_HINTS.get(str(c.get("language") or "").lower(), "")
-        items.append(f'<details class="rillet-source"><summary><code>{label}</code></summary>\n\n'
+        items.append(f'<details class="rillet-source"{" open" if number == 0 else ""}><summary><code>{label}</code>'
+                     "</summary>\n\n"
                      f"{fence}{lang}\n{text.rstrip()}\n{fence}\n\n</details>")
     return "\n\n**Sources**\n\n" + "\n".join(items)
 

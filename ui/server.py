@@ -5,38 +5,41 @@ from __future__ import annotations
 import logging
 
 from app.config import Settings
+from ui.auth import AUTH_MESSAGE, LoginThrottle, RememberClient, parse_auth
 
+__all__ = ["launch", "parse_auth", "serve"]
 log = logging.getLogger(__name__)
 
 
-def parse_auth(auth: str | None) -> tuple[str, str] | None:
-    """`user:password` as Gradio's credentials pair."""
-    if not auth:
-        return None
-    user, sep, password = auth.partition(":")
-    if not sep or not user or not password:
-        raise ValueError("--auth takes user:password, both non-empty (for example --auth ada:s3cret).")
-    return user, password
+def launch(engine: object, host: str, port: int, auth: str | tuple[str, str] | None = None, *, block: bool = True,
+           throttle: LoginThrottle | None = None) -> object:
+    """Build the page for `engine` and start serving it; returns the running Blocks when not blocking.
 
+    `auth` (`user:password` or a pair) turns on the login page, each client's wrong passwords slowed down
+    by a `LoginThrottle` (`throttle` to pass one with another clock)."""
+    from starlette.middleware import Middleware
 
-def launch(engine: object, host: str, port: int, auth: str | None = None, *, block: bool = True) -> object:
-    """Build the page for `engine` and start serving it; returns the running Blocks when not blocking."""
     from ui.app import CSS, build_app
 
-    credentials = parse_auth(auth)
+    credentials = parse_auth(auth) if isinstance(auth, str) or auth is None else auth
+    if credentials is not None and throttle is None:
+        throttle = LoginThrottle(*credentials)
     demo = build_app(engine)
     demo.queue(default_concurrency_limit=4)
     exports = engine.settings.data_dir / "exports"
     exports.mkdir(parents=True, exist_ok=True)
-    demo.launch(server_name=host, server_port=port, auth=credentials, show_error=True, css=CSS,
-                allowed_paths=[str(exports)], prevent_thread_lock=not block, quiet=not block, footer_links=[])
+    demo.launch(server_name=host, server_port=port, auth=throttle if credentials else None,
+                auth_message=AUTH_MESSAGE if credentials else None, show_error=True, css=CSS,
+                allowed_paths=[str(exports)], prevent_thread_lock=not block, quiet=not block, footer_links=[],
+                app_kwargs={"middleware": [Middleware(RememberClient)]})
     return demo
 
 
-def serve(settings: Settings, host: str, port: int, auth: str | None = None) -> None:
+def serve(settings: Settings, host: str, port: int, auth: str | tuple[str, str] | None = None) -> None:
     from app.engine import ChatEngine
 
-    parse_auth(auth)  # a bad --auth fails before the model loads
+    if isinstance(auth, str):
+        parse_auth(auth)  # a bad --auth fails before the model loads
     engine = ChatEngine(settings)
     served = engine.served()  # load now, so the first question does not wait for it
     log.info("serving %s on %s%s", served.label, served.device, f" ({served.note})" if served.note else "")

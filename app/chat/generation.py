@@ -4,6 +4,7 @@ so the queue can interleave users; cancellation and stop sequences end an answer
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,12 +15,22 @@ from app.chat.scheduler import Ticket
 PREFILL_SLICE = 256  # tokens per scheduler step while reading a prompt
 
 
+SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
+
+
+def cut_to_sentence(text: str) -> str:
+    """The text up to the end of its last whole sentence or line (all of it when it has neither): an
+    answer ended by the loop stop would otherwise stop mid-sentence, where the repeat began."""
+    ends = [m.end() for m in SENTENCE_END.finditer(text)]
+    return text[: ends[-1]].rstrip() if ends and text[: ends[-1]].strip() else text
+
+
 @dataclass
 class Answer:
     text: str = ""
     prompt_tokens: int = 0
     token_ids: list[int] = field(default_factory=list)
-    stop_reason: str = "max_new_tokens"  # also: end_of_turn, context_full, stop_sequence, cancelled
+    stop_reason: str = "max_new_tokens"  # also: end_of_turn, context_full, repetition, stop_sequence, cancelled
 
     @property
     def generated_tokens(self) -> int:
@@ -59,9 +70,12 @@ def generation_steps(model: Any, prompt_ids: list[int], state: Any, sampling: An
     """Read `prompt_ids` into `state` and generate; one yield per scheduler step; returns the `Answer`.
 
     The state ends holding the prompt and every generated token (like `LanguageModel.stream`). A
-    cancelled ticket ends the answer after the current step, keeping what was generated.
+    cancelled ticket ends the answer after the current step, keeping what was generated. When the loop
+    stop ends it (`SamplingConfig.loop_stop`), the start of the repeat is never streamed, and the
+    answer returned is cut back to its last whole sentence or line (`cut_to_sentence`); the page shows
+    the stored answer once it is finished.
     """
-    from backbone.generate import StreamDecoder
+    from backbone.generate import AnswerText
 
     if not prompt_ids:
         raise ValueError("Nothing to answer: the prompt is empty.")
@@ -73,8 +87,7 @@ def generation_steps(model: Any, prompt_ids: list[int], state: Any, sampling: An
             return answer
         model.prefill(head[start : start + PREFILL_SLICE], state)
         yield Piece("")
-    decoder = StreamDecoder(model.tokenizer.token_bytes)
-    stop_ids = model.tokenizer.stop_ids
+    text = AnswerText(model.tokenizer.token_bytes, model.tokenizer.stop_ids, sampling.loop_stop)
     matcher = StopMatcher(stops)
     tokens = model.iter_tokens(tail, state, sampling)
     while True:
@@ -87,7 +100,7 @@ def generation_steps(model: Any, prompt_ids: list[int], state: Any, sampling: An
             answer.stop_reason = stop.value or "max_new_tokens"
             break
         answer.token_ids.append(token)
-        shown = matcher.push("" if token in stop_ids else decoder.push(token))
+        shown = matcher.push(text.push(token))
         answer.text += shown
         if matcher.matched:
             answer.stop_reason = "stop_sequence"
@@ -95,9 +108,11 @@ def generation_steps(model: Any, prompt_ids: list[int], state: Any, sampling: An
             break
         yield Piece(shown)
     if not matcher.matched:
-        rest = matcher.push(decoder.flush())
+        rest = matcher.push(text.finish(answer.stop_reason))
         rest += "" if matcher.matched else matcher.flush()
         if rest:
             answer.text += rest
             yield Piece(rest)
+    if answer.stop_reason == "repetition":  # the final text (what is stored) ends at a sentence's end
+        answer.text = cut_to_sentence(answer.text)
     return answer

@@ -17,6 +17,23 @@ DEFAULT_SYSTEM_PROMPT = (
 
 
 @dataclass(frozen=True)
+class PromptLayout:
+    """How the passages are laid out for the model; bench/answers.py measures the choices.
+
+    `header` is formatted with number, citation, path, start and end; `best_last` puts the most relevant
+    passage nearest the question (which passages fit the budget is decided best first either way);
+    `instruction`, when set, is said after the passages, just before the question.
+    """
+
+    header: str = "[{number}] {citation}"
+    best_last: bool = False
+    instruction: str = ""
+
+
+DEFAULT_LAYOUT = PromptLayout()
+
+
+@dataclass(frozen=True)
 class Source:
     """One retrieved passage as the prompt and the citation list see it."""
 
@@ -63,14 +80,20 @@ def _cut(tokenizer: object, text: str, budget: int) -> str:
     return "".join(kept)
 
 
-def pack_sources(tokenizer: object, sources: Sequence[Source], budget: int) -> tuple[list[tuple[Source, str]], int]:
+def passage_header(layout: PromptLayout, number: int, source: Source) -> str:
+    return layout.header.format(number=number, citation=source.citation, path=source.path, start=source.start_line,
+                                end=source.end_line)
+
+
+def pack_sources(tokenizer: object, sources: Sequence[Source], budget: int, layout: PromptLayout = DEFAULT_LAYOUT
+                 ) -> tuple[list[tuple[Source, str]], int]:
     """Best-first (passage, text to show) pairs within `budget` tokens, headers included; the last may be cut.
 
     A cut passage is still cited whole: the reader can open all of it under the answer.
     """
     packed, used = [], 0
     for number, source in enumerate(sources, 1):
-        header = f"[{number}] {source.citation}\n"
+        header = passage_header(layout, number, source) + "\n"
         room = budget - used - len(tokenizer.encode(header)) - 2
         if room < 16:
             break
@@ -83,21 +106,25 @@ def pack_sources(tokenizer: object, sources: Sequence[Source], budget: int) -> t
 
 
 def context_message(passages: Sequence[tuple[Source, str]], recalled: Sequence[Recollection],
-                    collection: str | None) -> str | None:
+                    collection: str | None, layout: PromptLayout = DEFAULT_LAYOUT) -> str | None:
     """The system message read just before the question, or None when there is no context."""
     parts = []
     if passages:
         where = f' "{collection}"' if collection else ""
-        blocks = "\n\n".join(f"[{i}] {s.citation}\n{text.rstrip()}" for i, (s, text) in enumerate(passages, 1))
-        parts.append(f"Sources for the next question, from the collection{where}:\n\n{blocks}")
+        blocks = [f"{passage_header(layout, i, s)}\n{text.rstrip()}" for i, (s, text) in enumerate(passages, 1)]
+        if layout.best_last:
+            blocks.reverse()
+        parts.append(f"Sources for the next question, from the collection{where}:\n\n" + "\n\n".join(blocks))
     if recalled:
         said = "\n".join(f"- {'The user' if r.role == 'user' else 'You'} said: {r.text}" for r in recalled)
         parts.append(f"Earlier in this conversation:\n{said}")
+    if parts and layout.instruction:
+        parts.append(layout.instruction)
     return "\n\n".join(parts) or None
 
 
 def build_prompt(tokenizer: object, message: str, sources: Sequence[Source], recalled: Sequence[Recollection],
-                 collection: str | None, source_budget: int) -> TurnPrompt:
+                 collection: str | None, source_budget: int, layout: PromptLayout = DEFAULT_LAYOUT) -> TurnPrompt:
     """Token ids that continue a session state (which ends after a whole message) with this turn.
 
     The context is a system message of its own, followed by the user's message exactly as the
@@ -105,7 +132,7 @@ def build_prompt(tokenizer: object, message: str, sources: Sequence[Source], rec
     often repeated its previous answer; as a separate system message it answered 4 of 4 fixture
     questions right, against 3 of 4.)
     """
-    packed, used = pack_sources(tokenizer, sources, source_budget)
-    context = context_message(packed, recalled, collection)
+    packed, used = pack_sources(tokenizer, sources, source_budget, layout)
+    context = context_message(packed, recalled, collection, layout)
     text = (tokenizer.render_turn("system", context) if context else "") + tokenizer.render_turn("user", message)
     return TurnPrompt(tokenizer.encode(text + tokenizer.assistant_prefix), [s for s, _ in packed], used)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from backbone.generate import LanguageModel
-from memory.codec import CodecOptions, sha256
+from memory.codec import CodecOptions, encode_state, sha256
 from memory.errors import SessionConflictError
 from memory.models import StateSnapshot
 from memory.policy import SnapshotPolicy
@@ -131,27 +131,51 @@ def test_replace_discards_the_later_turns_cleanly(store: SessionStore, model: La
     assert reloaded.replayed_tokens == 0 and states_equal(reloaded.state, expected)
 
 
-def damage(store: SessionStore, snapshot_id: int, how: str) -> None:
+def damage(store: SessionStore, snapshot_id: int, how: str, model: LanguageModel | None = None,
+           other_model: LanguageModel | None = None) -> None:
+    sqlite = store.engine.dialect.name == "sqlite"
     with store.engine.begin() as conn:
         blob = conn.scalar(select(StateSnapshot.blob).where(StateSnapshot.id == snapshot_id))
-        change = {
-            "flipped byte": {"blob": blob[:100] + bytes([blob[100] ^ 0x40]) + blob[101:]},
-            "truncated": {"blob": blob[: len(blob) // 2]},
-            "wrong checksum": {"checksum": "f" * 64},
-        }[how]
+        raw = {  # what a damaged row may hold, written past the ORM's types
+            "text, valid UTF-8": "CAST('just some text' AS TEXT)" if sqlite else "convert_to('just some text', 'UTF8')",
+            "text, not UTF-8": "CAST(X'FFFE00' AS TEXT)" if sqlite else "'\\xfffe00'::bytea",
+            "a number": "12345" if sqlite else "'\\x3132333435'::bytea",
+        }.get(how)
+        if raw is not None:
+            conn.execute(text(f"UPDATE state_snapshots SET blob = {raw} WHERE id = {snapshot_id}"))
+            return
+        if how == "manifest not JSON":
+            if sqlite:
+                conn.execute(text(f"UPDATE state_snapshots SET manifest = '{{not json' WHERE id = {snapshot_id}"))
+            else:  # PostgreSQL's json type refuses malformed JSON: a manifest of the wrong shape instead
+                conn.execute(text(f"UPDATE state_snapshots SET manifest = '[1, 2]' WHERE id = {snapshot_id}"))
+            return
+        if how == "foreign model":  # a sound blob of another model's state, under this model's fingerprint
+            state = replay(other_model, [ChatMessage("user", "other")], progress=False)[0]
+            encoded = encode_state(state.to_tensors(), state.metadata(), model=other_model.fingerprint)
+            change = {"blob": encoded.blob, "checksum": encoded.checksum, "manifest": encoded.manifest,
+                      "byte_size": encoded.byte_size}
+        else:
+            change = {
+                "flipped byte": {"blob": blob[:100] + bytes([blob[100] ^ 0x40]) + blob[101:]},
+                "truncated": {"blob": blob[: len(blob) // 2]},
+                "wrong checksum": {"checksum": "f" * 64},
+                "wrong size": {"byte_size": len(blob) + 1},
+            }[how]
         conn.execute(update(StateSnapshot).where(StateSnapshot.id == snapshot_id).values(**change))
 
 
-@pytest.mark.parametrize("how", ["flipped byte", "truncated", "wrong checksum"])
+@pytest.mark.parametrize("how", ["flipped byte", "truncated", "wrong checksum", "wrong size", "text, valid UTF-8",
+                                 "text, not UTF-8", "a number", "manifest not JSON", "foreign model"])
 @pytest.mark.parametrize("which", ["newest", "all"])
 def test_damaged_snapshots_trigger_replay_not_a_crash(store: SessionStore, model: LanguageModel, how: str,
-                                                      which: str) -> None:
+                                                      which: str, other_model: LanguageModel) -> None:
     chat = build(store, model)
     snaps = store.snapshots(chat.id)
     assert len(snaps) == 2
     damaged = snaps if which == "all" else snaps[-1:]
     for snap in damaged:
-        damage(store, snap.id, how)
+        damage(store, snap.id, how, model, other_model)
 
     loaded = store.load(chat.id, model, progress=False)
 

@@ -77,3 +77,12 @@ def test_reciprocal_rank_fusion() -> None:
     assert fused[4] == pytest.approx(2 / 12)
     order = [i for i, _ in reciprocal_rank_fusion([[1, 2, 3], [3, 4]], [1.0, 2.0], k=10)]
     assert order == [3, 4, 1, 2]
+
+
+def test_chunks_without_a_single_word_build_an_index_that_finds_nothing(tmp_path) -> None:  # found by fuzzing
+    index = BM25Index.build([3, 7], ["\x01", "!!! ---"])
+    assert index.model is None and list(index.ids) == [3, 7]
+    assert len(index.search("anything", 5)[0]) == 0
+    index.save(tmp_path / "bm25")
+    loaded = BM25Index.load(tmp_path / "bm25")
+    assert list(loaded.ids) == [3, 7] and loaded.model is None

@@ -74,3 +74,24 @@ def test_watch_reindexes_after_a_change(sqlite_url: str, tmp_path: Path, embedde
         stop.set()
         worker.join(timeout=30)
     assert not worker.is_alive()
+
+
+def test_names_with_markup_and_line_breaks_are_printed_on_one_line(tmp_path: Path, data_dir: Path,
+                                                                   embedder: SentenceEmbedder) -> None:
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    (folder / "two\nlines [bold].py").write_text("def kettle_boils():\n    return 'whistle'\n")
+    result = runner.invoke(cli, ["index", str(folder), "-c", "[/x] odd"])
+    assert result.exit_code == 0, result.output
+    assert "Collection '[/x] odd'" in result.output
+
+    result = runner.invoke(cli, ["search", "kettle boils whistle", "-c", "[/x] odd", "-k", "1"])
+    assert result.exit_code == 0, result.output
+    assert " 1. two\\nlines [bold].py:1-2" in result.output.splitlines()[0]
+
+    result = runner.invoke(cli, ["collections"])
+    assert result.exit_code == 0 and "[/x] odd" in result.output, result.output
+    result = runner.invoke(cli, ["search", "anything", "-c", "[/y]"])
+    assert result.exit_code == 2 and "No collection named '[/y]'" in result.output
+    result = runner.invoke(cli, ["collections", "--delete", "[/x] odd"])
+    assert result.exit_code == 0 and "Deleted collection '[/x] odd'." in result.output

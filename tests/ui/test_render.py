@@ -18,6 +18,12 @@ def test_sources_expand_to_their_snippet_and_survive_backticks_and_html() -> Non
     assert render.citation_block([]) == ""
 
 
+def test_the_best_source_is_open_under_the_answer_and_the_others_closed() -> None:
+    block = render.citation_block([{"citation": "best.py:1-3", "text": "a"}, {"citation": "next.py:4-5", "text": "b"}])
+    assert '<details class="rillet-source" open><summary><code>best.py:1-3</code>' in block
+    assert '<details class="rillet-source"><summary><code>next.py:4-5</code>' in block
+
+
 def test_chat_history_shows_user_and_assistant_turns_with_sources() -> None:
     messages = [ChatMessage("system", "be brief"), ChatMessage("user", "where?"),
                 ChatMessage("assistant", "here", [{"citation": "a.py:1-2", "text": "pass"}]),
