@@ -54,6 +54,8 @@ def peak_rss_mb() -> float:
 
 def measure_llama_cpp(gguf: str, context: int, tokens: int, threads: int) -> dict[str, float]:
     """Runs inside the bench virtualenv (llama_cpp and numpy only)."""
+    here = Path(__file__).resolve().parent  # run as a script: its folder must not shadow the llama_cpp package
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
     import llama_cpp
     import numpy as np
 
