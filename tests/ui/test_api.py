@@ -10,10 +10,13 @@ from gradio_client.exceptions import AppError
 
 from tests.ui.conftest import Server, free_port
 
+# The page's API description takes seconds to build on a busy 2-core machine; httpx's default 5 s is too short.
+PATIENT = {"timeout": 60}
+
 
 @pytest.fixture(scope="module")
 def client(server: Server) -> Client:
-    return Client(server.url, verbose=False)
+    return Client(server.url, verbose=False, httpx_kwargs=PATIENT)
 
 
 @pytest.mark.slow
@@ -34,7 +37,7 @@ def test_index_ask_stream_and_reload(server: Server, client: Client) -> None:
     assert final["citations"][0]["file"] == "docs/deploy.md"
     assert 0 < final["first_token_s"] <= final["seconds"]
 
-    reloaded = Client(server.url, verbose=False)  # a new page load / another client
+    reloaded = Client(server.url, verbose=False, httpx_kwargs=PATIENT)  # a new page load / another client
     assert session["id"] in [s["id"] for s in reloaded.predict(api_name="/list_sessions")]
     loaded = reloaded.predict(session_id=session["id"], api_name="/load_session")
     assert [m["role"] for m in loaded["messages"]] == ["user", "assistant"]
@@ -72,10 +75,11 @@ def test_auth_keeps_strangers_out(server: Server) -> None:
     try:
         url = f"http://127.0.0.1:{port}/"
         with pytest.raises(Exception):  # noqa: B017 (the client fails in its own way without login)
-            Client(url, verbose=False).predict(api_name="/list_sessions")
+            Client(url, verbose=False, httpx_kwargs=PATIENT).predict(api_name="/list_sessions")
         with pytest.raises(Exception):  # noqa: B017
-            Client(url, auth=("ada", "wrong"), verbose=False)
-        assert isinstance(Client(url, auth=("ada", "s3cret"), verbose=False).predict(api_name="/list_sessions"), list)
+            Client(url, auth=("ada", "wrong"), verbose=False, httpx_kwargs=PATIENT)
+        client = Client(url, auth=("ada", "s3cret"), verbose=False, httpx_kwargs=PATIENT)
+        assert isinstance(client.predict(api_name="/list_sessions"), list)
     finally:
         demo.close()
 
