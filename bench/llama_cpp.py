@@ -59,6 +59,10 @@ def measure_llama_cpp(gguf: str, context: int, tokens: int, threads: int) -> dic
     import llama_cpp
     import numpy as np
 
+    def next_token() -> int:  # greedy, from the logits after the last evaluated token
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
+        return int(np.argmax(logits))
+
     llm = llama_cpp.Llama(model_path=gguf, n_ctx=context + WARMUP + tokens + 8, n_threads=threads,
                           n_threads_batch=threads, n_batch=512, verbose=False)
     ids = llm.tokenize(prompt_text(context * 8).encode(), add_bos=False)[:context]
@@ -67,14 +71,14 @@ def measure_llama_cpp(gguf: str, context: int, tokens: int, threads: int) -> dic
     started = time.perf_counter()
     llm.eval(ids)
     prefill = time.perf_counter() - started
-    token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    token = next_token()
     for _ in range(WARMUP):
         llm.eval([token])
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        token = next_token()
     started = time.perf_counter()
     for _ in range(tokens):
         llm.eval([token])
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        token = next_token()
     decode = time.perf_counter() - started
     return {"prefill": len(ids) / prefill, "decode": tokens / decode, "rss_mb": peak_rss_mb()}
 
