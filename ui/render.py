@@ -16,6 +16,7 @@ LANGUAGE_HINTS = {"python": "python", "markdown": "markdown", "javascript": "jav
                   "rust": "rust", "go": "go", "java": "java", "c": "c", "cpp": "cpp", "bash": "bash", "toml": "toml",
                   "yaml": "yaml", "json": "json", "sql": "sql", "html": "html", "css": "css"}
 SNIPPET_CHARS = 4000
+BEST_LINES = 24  # of the best passage, shown under the answer
 
 
 def _fence(text: str) -> str:
@@ -27,23 +28,43 @@ def _fence(text: str) -> str:
     return "`" * max(3, longest + 1)
 
 
+def _label(c: dict[str, Any]) -> str:
+    return html.escape(str(c.get("citation") or f"{c.get('path')}:{c.get('start_line')}-{c.get('end_line')}"))
+
+
+def _code(c: dict[str, Any], max_lines: int | None = None) -> str:
+    """The passage as a Markdown code block (cut at SNIPPET_CHARS, or after `max_lines` lines)."""
+    text = str(c.get("text") or "").rstrip()
+    lines = text.splitlines()
+    if max_lines is not None and len(lines) > max_lines:
+        text = "\n".join(lines[:max_lines]) + "\n…"
+    if len(text) > SNIPPET_CHARS:
+        text = text[:SNIPPET_CHARS] + "\n…"
+    fence = _fence(text)
+    lang = LANGUAGE_HINTS.get(str(c.get("language") or "").lower(), "")
+    return f"{fence}{lang}\n{text}\n{fence}"
+
+
 def citation_block(citations: Sequence[dict[str, Any]]) -> str:
-    """Sources under an answer: each `path:lines` expands to its snippet (HTML details + Markdown code).
-    The best one (the first) is open, so the lines that answer the question are in sight."""
+    """What goes under an answer: the best passage's lines, in sight (the first `BEST_LINES` of them), then
+    every source as `path:lines` expanding to its passage (HTML details + Markdown code)."""
     if not citations:
         return ""
-    items = []
-    for number, c in enumerate(citations):
-        label = html.escape(str(c.get("citation") or f"{c.get('path')}:{c.get('start_line')}-{c.get('end_line')}"))
-        text = str(c.get("text") or "")
-        if len(text) > SNIPPET_CHARS:
-            text = text[:SNIPPET_CHARS] + "\n…"
-        fence = _fence(text)
-        lang = LANGUAGE_HINTS.get(str(c.get("language") or "").lower(), "")
-        items.append(f'<details class="rillet-source"{" open" if number == 0 else ""}><summary><code>{label}</code>'
-                     "</summary>\n\n"
-                     f"{fence}{lang}\n{text.rstrip()}\n{fence}\n\n</details>")
-    return "\n\n**Sources**\n\n" + "\n".join(items)
+    best = f"\n\n**Best match** <code>{_label(citations[0])}</code>\n\n{_code(citations[0], BEST_LINES)}"
+    items = [f'<details class="rillet-source"><summary><code>{_label(c)}</code></summary>\n\n{_code(c)}\n\n'
+             "</details>" for c in citations]
+    return best + "\n\n**Sources**\n\n" + "\n".join(items)
+
+
+def close_fences(text: str) -> str:
+    """The text with a code block it leaves open (an answer cut short) closed, so what follows is not code."""
+    opened = None
+    for line in text.splitlines():
+        stripped = line.strip()
+        run = len(stripped) - len(stripped.lstrip("`"))
+        if run >= 3 and (opened is None or (run >= len(opened) and stripped == "`" * run)):
+            opened = "`" * run if opened is None else None
+    return text if opened is None else f"{text.rstrip()}\n{opened}"
 
 
 def chat_history(messages: Sequence[Any]) -> list[dict[str, str]]:
@@ -52,7 +73,7 @@ def chat_history(messages: Sequence[Any]) -> list[dict[str, str]]:
     for m in messages:
         if m.role == "system":
             continue
-        content = m.text + (citation_block(m.citations) if m.role == "assistant" and m.citations else "")
+        content = close_fences(m.text) + (citation_block(m.citations) if m.role == "assistant" and m.citations else "")
         history.append({"role": m.role, "content": content})
     return history
 

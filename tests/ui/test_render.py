@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from app.chat.units import human_bytes
 from memory.records import ChatMessage
 from retrieval.indexer import IndexReport, Progress
@@ -18,10 +20,25 @@ def test_sources_expand_to_their_snippet_and_survive_backticks_and_html() -> Non
     assert render.citation_block([]) == ""
 
 
-def test_the_best_source_is_open_under_the_answer_and_the_others_closed() -> None:
-    block = render.citation_block([{"citation": "best.py:1-3", "text": "a"}, {"citation": "next.py:4-5", "text": "b"}])
-    assert '<details class="rillet-source" open><summary><code>best.py:1-3</code>' in block
-    assert '<details class="rillet-source"><summary><code>next.py:4-5</code>' in block
+def test_the_best_source_is_shown_under_the_answer_and_every_source_listed() -> None:
+    long = "\n".join(f"line {i}" for i in range(1, 41))
+    block = render.citation_block([{"citation": "best.py:1-40", "text": long, "language": "python"},
+                                   {"citation": "next.py:4-5", "text": "b"}])
+    shown, listed = block.split("**Sources**")
+    assert "**Best match** <code>best.py:1-40</code>" in shown
+    assert f"line {render.BEST_LINES}\n…" in shown and f"line {render.BEST_LINES + 1}" not in shown
+    assert "<summary><code>best.py:1-40</code></summary>" in listed and "line 40" in listed
+    assert "<summary><code>next.py:4-5</code></summary>" in listed
+
+
+@pytest.mark.parametrize(("text", "closed"), [
+    ("Use it:\n```python\nx = 1", "Use it:\n```python\nx = 1\n```"),  # cut short inside code
+    ("```\na\n```\nthen ````py\n", "```\na\n```\nthen ````py\n"),  # no fence opens a line: nothing to close
+    ("````md\n```\nb", "````md\n```\nb\n````"),  # a shorter fence inside does not close it
+    ("plain", "plain"),
+])
+def test_an_answer_cut_inside_a_code_block_gets_it_closed(text: str, closed: str) -> None:
+    assert render.close_fences(text) == closed
 
 
 def test_chat_history_shows_user_and_assistant_turns_with_sources() -> None:
@@ -30,7 +47,8 @@ def test_chat_history_shows_user_and_assistant_turns_with_sources() -> None:
                 ChatMessage("assistant", "no sources")]
     history = render.chat_history(messages)
     assert [m["role"] for m in history] == ["user", "assistant", "assistant"]
-    assert history[1]["content"].startswith("here\n\n**Sources**") and "a.py:1-2" in history[1]["content"]
+    assert history[1]["content"].startswith("here\n\n**Best match** <code>a.py:1-2</code>")
+    assert "**Sources**" in history[1]["content"]
     assert history[2]["content"] == "no sources"
 
 
