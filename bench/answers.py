@@ -79,10 +79,10 @@ QUESTIONS = [
     # --- click (the three questions of issue 20 first) ---
     q("click-default", "click", "core.py", "Parameter", (2209, 2888),
       "How do I give a command-line option a default value?",
-      "default=|default parameter|default argument|default keyword", "option"),
+      "default=|default parameter|default argument|default keyword", "click.option|Option"),
     q("click-pass-context", "click", "decorators.py", "pass_context", (28, 36),
       "What does the pass_context decorator do?",
-      "context", "first argument|first parameter|get_current_context|as the first"),
+      "Context|ctx|context object|current context", "first argument|first parameter|get_current_context|as the first"),
     q("click-help-format", "click", "core.py", "Command.format_help", (1259, 1276),
       "Where is the help text of a command formatted?",
       "format_help", "HelpFormatter|formatter"),
@@ -112,13 +112,13 @@ QUESTIONS = [
       "add_command|.command("),
     q("click-envvar", "click", "core.py", "Parameter.resolve_envvar_value", (2702, 2745),
       "How can an option take its value from an environment variable?",
-      "envvar", "os.environ|auto_envvar_prefix|environ"),
+      "envvar", "os.environ|auto_envvar_prefix|environ.get"),
     q("click-make-pass", "click", "decorators.py", "make_pass_decorator", (51, 97),
       "What does make_pass_decorator return?",
-      "decorator", "find_object|ensure_object|object_type"),
+      "find_object|ensure_object|object_type"),
     q("click-testing", "click", "testing.py", "CliRunner", (317, 796),
       "How do I test a click command and capture its output?",
-      "CliRunner", "invoke", "output|result"),
+      "CliRunner", "invoke", "result|exit_code|stdout"),
     q("click-choice", "click", "types.py", "Choice.convert", (454, 476),
       "How does the Choice parameter type check a value?",
       "choices", "normalize|case_sensitive|fail|not one of|invalid"),
@@ -133,7 +133,7 @@ QUESTIONS = [
       "ANSI|\\033|\\x1b|escape", "fg|bg"),
     q("click-wrap", "click", "formatting.py", "wrap_text", (31, 107),
       "How does click wrap long help text to the terminal width?",
-      "wrap_text|TextWrapper", "width"),
+      "wrap_text|TextWrapper|textwrap"),
     q("click-bad-parameter", "click", "exceptions.py", "BadParameter", (114, 156),
       "Which exception reports a bad value for a parameter?",
       "BadParameter"),
@@ -142,7 +142,7 @@ QUESTIONS = [
       "importlib.metadata|metadata|package_name|__version__"),
     q("click-prompt", "click", "termui.py", "prompt", (168, 286),
       "How does click.prompt convert and check what the user typed?",
-      "value_proc|convert|type", "UsageError|error|Error"),
+      "value_proc|convert_type", "UsageError|error|Error|again"),
     # --- Python's standard library ---
     q("std-add-argument", "stdlib", "argparse.py", "_ActionsContainer.add_argument", (1419, 1468),
       "How do I add an optional command-line argument with a default value in argparse?",
@@ -161,7 +161,7 @@ QUESTIONS = [
       "grow without bound|without bound|unbounded|unlimited|no limit|disabled"),
     q("std-suppress", "stdlib", "contextlib.py", "suppress", (429, 456),
       "How does contextlib.suppress ignore exceptions?",
-      "__exit__|with", "issubclass|True"),
+      "__exit__|with statement|with block|with suppress", "issubclass|True"),
     q("std-dictreader", "stdlib", "csv.py", "DictReader", (80, 127),
       "Where does csv.DictReader get its field names when none are given?",
       "first row|first line|header|next(self.reader)|first record"),
@@ -182,7 +182,7 @@ QUESTIONS = [
       "PATH", "os.access|X_OK|executable|access"),
     q("std-template", "stdlib", "string.py", "Template", (57, 171),
       "How does string.Template substitute $-placeholders?",
-      "substitute", "mapping|KeyError|delimiter|identifier"),
+      "safe_substitute|KeyError", "mapping|delimiter|pattern|identifier"),
     q("std-print-help", "stdlib", "argparse.py", "ArgumentParser.print_help", (2598, 2601),
       "How does argparse print the help message?",
       "format_help", "file|stdout|_print_message"),
@@ -203,7 +203,7 @@ QUESTIONS = [
       "_GeneratorContextManager|GeneratorContextManager", "yield|next"),
     q("std-asdict", "stdlib", "dataclasses.py", "asdict", (1263, 1284),
       "What does dataclasses.asdict do with nested dataclasses?",
-      "recurs|_asdict_inner", "deepcopy|copy|dict"),
+      "recurs|_asdict_inner", "deepcopy|copy|dict_factory"),
     q("std-rmtree", "stdlib", "shutil.py", "rmtree", (690, 759),
       "How does shutil.rmtree report errors while deleting?",
       "onerror|ignore_errors", "exc_info|exception|raise"),
@@ -212,7 +212,7 @@ QUESTIONS = [
       "parents", "exist_ok|FileExistsError|FileNotFoundError"),
     q("std-tempdir", "stdlib", "tempfile.py", "TemporaryDirectory", (840, 910),
       "What does tempfile.TemporaryDirectory do when it is cleaned up?",
-      "rmtree|cleanup", "with|context|__exit__"),
+      "rmtree|cleanup", "with statement|context manager|__exit__"),
 ]
 
 # --- what is measured ---------------------------------------------------------------------------------
@@ -223,25 +223,21 @@ TODAY_SYSTEM_PROMPT = (
 )
 
 # Prompt layouts: the session's system prompt, the passage header, order, budget and a closing instruction.
-CITED = "{path}, lines {start}-{end}:"
-INSTRUCTION = ("Answer the question below from these sources in a few sentences. Name the function or class "
-               "that answers it and the file it is in.")
 QUOTE = ("Answer the question below in one or two sentences from these sources, then quote the lines of code "
          "that show it.")
 LAYOUTS: dict[str, dict[str, Any]] = {
     "today": {},  # the layout before issue 20
-    "cited": {"header": CITED, "instruction": INSTRUCTION},
-    "cited-last": {"header": CITED, "instruction": INSTRUCTION, "best_last": True},
-    "quote": {"instruction": QUOTE},
-    "cited-quote": {"header": CITED, "instruction": QUOTE},
+    "quote": {"instruction": QUOTE},  # ask for a short answer and the lines that show it
+    "last": {"best_last": True},  # the best passage nearest the question
+    "short": {"source_tokens": 512},  # half the passages: a shorter prompt to read
 }
 
 # Decoding settings: SamplingConfig fields (greedy unless a temperature is given).
 SETTINGS: dict[str, dict[str, Any]] = {
     "today": {"max_new_tokens": 256},  # the defaults before issue 20
-    "loop6": {"max_new_tokens": 128, "loop_stop": 6},
     "loop6-256": {"max_new_tokens": 256, "loop_stop": 6},
     "penalty+loop6": {"max_new_tokens": 128, "repetition_penalty": 1.1, "loop_stop": 6},
+    "penalty1.2+loop6": {"max_new_tokens": 128, "repetition_penalty": 1.2, "loop_stop": 6},
     "ngram5+loop6": {"max_new_tokens": 128, "no_repeat_ngram_size": 5, "loop_stop": 6},
 }
 
@@ -326,6 +322,9 @@ def check_questions(roots: dict[str, Path]) -> list[str]:
     problems = []
     assert len({x.id for x in QUESTIONS}) == len(QUESTIONS)
     for item in QUESTIONS:
+        given = [alt for fact in item.facts for alt in fact.split("|") if fact_found(item.question, alt)]
+        if given:
+            problems.append(f"{item.id}: the question itself contains the key fact(s) {given}")
         path = roots[item.base] / item.path
         found = symbol_lines(path, item.symbol) if path.is_file() else None
         if found is None:
@@ -362,10 +361,21 @@ def load_record() -> dict[str, Any]:
     return json.loads(RECORD.read_text()) if RECORD.exists() else {"runs": {}}
 
 
-def save_record(record: dict[str, Any]) -> None:
-    tmp = RECORD.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(RECORD)
+def save_record(record: dict[str, Any], keys: list[str] | None = None) -> None:
+    """Write the record; with `keys`, only those runs of it, into the file as it is now (runs of several
+    models or layouts can go on at once, each writing its own)."""
+    import fcntl
+
+    RECORD.parent.mkdir(parents=True, exist_ok=True)
+    with open(RECORD.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if keys is not None:
+            current = load_record()
+            current["runs"].update({key: record["runs"][key] for key in keys})
+            record = current
+        tmp = RECORD.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        tmp.replace(RECORD)
 
 
 def run_key(model: str, layout: str, setting: str) -> str:
@@ -425,6 +435,7 @@ def run(model_name: str, layout_name: str, setting_names: list[str], count: int 
     base_state, _ = replay(model, [], system_prompt, progress=False)
     record = load_record()
     samplings = {name: SamplingConfig(**SETTINGS[name]) for name in setting_names}
+    mine = [run_key(model_name, layout_name, name) for name in setting_names]
     for name in setting_names:
         key = run_key(model_name, layout_name, name)
         if fresh or key not in record["runs"]:
@@ -457,14 +468,14 @@ def run(model_name: str, layout_name: str, setting_names: list[str], count: int 
                      "first_s": round(search_s + prefill_s + result["first_s"], 3),
                      "end_s": round(search_s + prefill_s + result["decode_s"], 3)}
             record["runs"][run_key(model_name, layout_name, name)]["answers"][item.id] = entry
-            save_record(record)
+            save_record(record, mine)
             print(f"{item.id:22} {name:14} facts {entry['facts']:.2f} repeat {entry['repeat']} "
                   f"{entry['tokens']:4} tok {entry['end_s']:5.1f} s  {text[:90]!r}", flush=True)
     for name in setting_names:
         record["runs"][run_key(model_name, layout_name, name)]["measured"] = (
             f"{time.strftime('%Y-%m-%d')}, {served.device}, {torch.get_num_threads()} threads, load average "
             f"{os.getloadavg()[0]:.1f} at the end (other work shared the 2 cores)")
-    save_record(record)
+    save_record(record, mine)
 
 
 # --- the report -------------------------------------------------------------------------------------------
