@@ -524,8 +524,8 @@ CHOICE = """## What the defaults are, and why (read from the table above)
 - **Teacher and student.** At fp32 the student with the new defaults finds 0.27 of the key facts: more than
   the teacher before (0.25) and 0.02 below the teacher now (0.29). At int8 (what `auto` picks on this CPU)
   the student finds 0.24: 0.04 ± 0.06 below the teacher before (0.27) and 0.08 ± 0.04 below the teacher now
-  (0.31), paired over the questions; the student loses 0.03 ± 0.04 from fp32 to int8. With the same
-  greedy decoding as before, the student at int8 found 0.06 on the first 8 questions.
+  (0.31), paired over the questions; the student loses 0.03 ± 0.04 from fp32 to int8. With the decoding
+  from before, the student at int8 found 0.15 and looped on every answer.
 - The 10-question agreement check of bench/student.py with these defaults: bench/results/student.md,
   section "with the decoding users get".
 """
@@ -603,8 +603,10 @@ def report() -> None:
         for item in QUESTIONS[:3]:
             lines += [f"**{item.question}**", ""]
             for label, run_ in [("teacher before", baseline), *[(f"{m} now", runs[chosen[m]]) for m in chosen]]:
-                answer = run_["answers"].get(item.id, {}).get("answer", "–")
-                lines += [f"_{label}:_", "", "> " + "\n> ".join(answer.splitlines() or ["(empty)"]), ""]
+                shown = run_["answers"].get(item.id, {}).get("answer", "–").splitlines() or ["(empty)"]
+                if len(shown) > 14:
+                    shown = [*shown[:12], f"… ({len(shown) - 12} more lines)"]
+                lines += [f"_{label}:_", "", "> " + "\n> ".join(shown), ""]
     lines += ["", CHOICE, "Measured:", ""]
     lines += [f"- {key}: {run_.get('measured', '?')}" for key, run_ in runs.items()]
     RESULTS.write_text("\n".join(lines) + "\n", encoding="utf-8")
