@@ -125,7 +125,7 @@ def chat(
     min_p: float = typer.Option(defaults.MIN_P,
                                 help="When sampling, drop tokens below min-p times the top one's probability."),
     loop_stop: int = typer.Option(defaults.LOOP_STOP,
-                                  help="End an answer that starts repeating a run of this many tokens (0: off)."),
+                                  help="End an answer that starts repeating a run of this many words (0: off)."),
 ) -> None:
     """Chat in the terminal, with the web app's sessions and collections (an empty line or Ctrl-D quits)."""
     from app.chat.terminal import run

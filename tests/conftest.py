@@ -23,10 +23,10 @@ if not Path("/dev/nvidia0").exists():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# Tests never read the large third-party texts beside the repository (../shared/data: bench/ only), since a
+# Tests never read the large third-party evaluation texts (RILLET_SHARED_DATA: bench/ only), since a
 # user's clone has none: point the setting at a folder that does not exist, so a test that needs them fails
 # here as it would there. Tests take text from tests/text.py or generate it.
-os.environ["RILLET_SHARED_DATA"] = str(REPO_ROOT / ".data" / "tests-read-no-shared-data")
+os.environ["RILLET_SHARED_DATA"] = str(REPO_ROOT / ".data" / "tests-read-no-evaluation-texts")
 # Converted weights survive between runs here (gitignored), so only the first run reads the GGUF.
 MODEL_CACHE = REPO_ROOT / ".data" / "cache"
 

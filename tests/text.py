@@ -1,6 +1,6 @@
 """Text for tests that every Python installation carries, so a bare clone needs nothing beside it.
 
-The large third-party texts in `../shared/data` are for `bench/` only: tests must not read them.
+The large third-party evaluation texts (RILLET_SHARED_DATA) are for `bench/` only: tests must not read them.
 """
 
 from __future__ import annotations
