@@ -1,7 +1,8 @@
 """One place that chooses how linear attention is computed: Triton kernels or PyTorch.
 
-`auto` takes Triton on CUDA for decoding steps and for single-sequence prefill, PyTorch's chunked path
-for batched prefill and everything on CPU, as measured on an H100 (bench/results/kernels_gpu.md): the
+`auto` takes Triton on CUDA for decoding steps and for single-sequence prefill, the Numba-compiled hybrid
+step (backbone/kernels/cpu_step.py) for decoding on CPU, PyTorch's chunked path for batched prefill and
+prefill on CPU, as measured on an H100 (bench/results/kernels_gpu.md): the
 fused step is 1.8-2.4x faster than PyTorch's, the chunked kernel 2.2-3.4x faster at batch 1 (one
 conversation) but 0.5x at batch 8 and 4k+ tokens, where PyTorch's batched products keep the GPU busier.
 Training always takes PyTorch (the kernels are forward-only).
@@ -22,8 +23,9 @@ from backbone.attention.linear import (
     chunked_linear_attention,
     linear_attention_step,
 )
+from backbone.kernels import cpu_step
 
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = ("auto", "torch", "triton", "numba")
 
 
 def resolve_backend(backend: str, like: torch.Tensor, needs_grad: bool, *, step: bool = False) -> str:
@@ -33,9 +35,13 @@ def resolve_backend(backend: str, like: torch.Tensor, needs_grad: bool, *, step:
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
-        return "triton" if like.is_cuda and not needs_grad and (step or like.shape[0] == 1) else "torch"
-    if backend == "triton" and needs_grad:
-        raise ValueError("the Triton kernels are forward-only; use backend='torch' where gradients are needed")
+        if like.is_cuda:
+            return "triton" if not needs_grad and (step or like.shape[0] == 1) else "torch"
+        return "numba" if step and not needs_grad and cpu_step.available() else "torch"
+    if backend in ("triton", "numba") and needs_grad:
+        raise ValueError(f"the {backend} kernels are forward-only; use backend='torch' where gradients are needed")
+    if backend == "numba" and not cpu_step.available():
+        raise ValueError("backend 'numba' needs the numba package (pip install numba)")
     return backend
 
 

@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from backbone.attention.dispatch import linear_core
-from backbone.attention.feature_maps import FeatureMap, make_feature_map
+from backbone.attention.dispatch import linear_core, resolve_backend
+from backbone.attention.feature_maps import FeatureMap, Hedgehog, make_feature_map
 from backbone.attention.linear import CHUNK_SIZE, check_qkv
 from backbone.attention.state import LayerState, StateSpec, group_prefix
 
@@ -74,13 +74,15 @@ def hybrid_attention(
     sink_q: torch.Tensor | None = None,
     chunk_size: int = CHUNK_SIZE,
     backend: str = "auto",
+    kernel_step: KernelStep | None = None,
 ) -> torch.Tensor:
     """Hybrid attention of q (B, Hq, T, D) over k, v (B, Hkv, T, D), all after RoPE.
 
     Without `state` the sequence starts at position 0 (training). With `state` the tokens continue it and
     the state is advanced in place; T == 1 takes the decoding step. `log_decay` (state heads,) is log γ
     of the linear sums (None: no decay); `sink_q`, shaped like q, replaces q in the sink scores only.
-    `backend` picks how the linear part is computed (see dispatch.py).
+    `backend` picks how the linear part is computed (see dispatch.py); `kernel_step`, when given and
+    ready, takes one decoding token through the compiled CPU kernel.
     """
     check_qkv(q, k, v)
     if sink_q is not None and sink_q.shape != q.shape:
@@ -99,6 +101,8 @@ def hybrid_attention(
         )
     if state is not None:
         state.check(spec, q.shape[0], q.dtype)
+    if kernel_step is not None and kernel_step.ready(q, state):
+        return kernel_step(q, k, v, None, sink_q, None, state)
     if spec.head_windows:
         return _by_head_groups(q, k, v, sink_q, feature_map_q, feature_map_k, log_weight, log_decay, spec, state,
                                chunk_size, backend)
@@ -355,6 +359,81 @@ def naive_hybrid_attention(
     return (weights @ v) / weights.sum(-1, keepdim=True)
 
 
+STATE_NAMES = ("exact_k", "exact_v", "kv", "k_sum")
+
+
+@functools.cache
+def _identity_rotation(head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin that leave a vector as it is (inputs already rotated)."""
+    with torch.inference_mode(False):
+        return torch.ones(head_dim), torch.zeros(head_dim)
+
+
+class KernelStep:
+    """One decoding token through the compiled CPU kernel (backbone/kernels/cpu_step.py) for a layer with
+    Hedgehog maps: its parameters in the kernel's layout, once per change of the parameters, not per token."""
+
+    def __init__(self, attention: HybridAttention) -> None:
+        self.attention = attention
+        self._key: tuple | None = None
+        self._groups: list[tuple] = []
+
+    def fits_maps(self) -> bool:
+        return isinstance(self.attention.feature_map_q, Hedgehog) and isinstance(self.attention.feature_map_k, Hedgehog)
+
+    def ready(self, q: torch.Tensor, state: LayerState | None) -> bool:
+        """One token of one float32 sequence on CPU, no gradients, and the numba backend chosen."""
+        return (state is not None and q.shape[0] == 1 and q.shape[2] == 1 and q.device.type == "cpu"
+                and q.dtype == torch.float32 and not torch.is_grad_enabled() and self.fits_maps()
+                and resolve_backend(self.attention.backend, q, False, step=True) == "numba")
+
+    def parameter_groups(self) -> list[tuple]:
+        """Per group of key/value heads sharing a window: (first, stop, query slice, state name prefix,
+        (q map weight, bias), (k map weight, bias), log_weight, decay) in the kernel's layout."""
+        attention, spec = self.attention, self.attention.spec
+        maps = (attention.feature_map_q, attention.feature_map_k)
+        tensors = [t for m in maps for t in (m.weight, m.bias)] + [attention.log_weight]
+        key = tuple((t.data_ptr(), t._version) for t in tensors)
+        if key != self._key:
+            q_weight, q_bias, k_weight, k_bias, log_weight = (t.detach().float() for t in tensors)
+            decay = (torch.ones(spec.state_heads) if attention.log_decay is None
+                     else torch.exp(attention.log_decay.float()))
+            per_query, per_state = len(log_weight) // spec.kv_heads, spec.state_heads // spec.kv_heads
+            self._groups = []
+            for first, stop, _ in spec.head_groups():
+                queries, states = slice(first * per_query, stop * per_query), slice(first * per_state, stop * per_state)
+                self._groups.append((
+                    first, stop, queries, group_prefix(first, stop) if spec.head_windows else "",
+                    (q_weight[queries].contiguous(), q_bias[queries, 0].contiguous()),
+                    (k_weight[states].contiguous(), k_bias[states, 0].contiguous()),
+                    log_weight[queries].contiguous(), decay[states].contiguous().cpu(),
+                ))
+            self._key = key
+        return self._groups
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotation: tuple | None,
+                 sink_q: torch.Tensor | None, sink_rotation: tuple | None, state: LayerState) -> torch.Tensor:
+        """q (1, Hq, 1, D), k and v (1, Hkv, 1, D); `rotation` (cos, sin) of shape (D,) is applied to q and k
+        inside (None: they are already rotated), `sink_rotation` to `sink_q`. Advances `state` in place."""
+        from backbone.kernels.cpu_step import hybrid_step
+
+        _, q_heads, _, head_dim = q.shape
+        if rotation is None or (sink_q is not None and sink_rotation is None):
+            identity = _identity_rotation(head_dim)
+            rotation, sink_rotation = rotation or identity, sink_rotation or identity
+        q, k, v = q.reshape(q_heads, head_dim), k.reshape(-1, head_dim), v.reshape(-1, head_dim)
+        sink_q = None if sink_q is None else sink_q.reshape(q_heads, head_dim)
+        t, sinks, outputs = state.num_tokens, self.attention.spec.sinks, []
+        for first, stop, queries, prefix, q_map, k_map, log_weight, decay in self.parameter_groups():
+            tensors = {name: state.tensors[prefix + name] for name in STATE_NAMES}
+            sink = None if sink_q is None else (sink_q[queries], *sink_rotation)
+            outputs.append(hybrid_step(q[queries], k[first:stop], v[first:stop], *rotation, sink, tensors, q_map,
+                                       k_map, log_weight, decay, t, sinks))
+        state.num_tokens = t + 1
+        out = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+        return out.view(1, q_heads, 1, head_dim)
+
+
 class HybridAttention(nn.Module):
     """Trainable hybrid attention of one layer: feature maps for queries and keys plus the per-head mix.
 
@@ -397,6 +476,7 @@ class HybridAttention(nn.Module):
         self.register_buffer("log_decay", log_decay, persistent=False)
         self.chunk_size = chunk_size
         self.backend = backend
+        self.kernel_step = KernelStep(self)
         self.spec = StateSpec(
             layer_kind="hybrid",
             num_layers=1,
@@ -433,4 +513,5 @@ class HybridAttention(nn.Module):
             sink_q=sink_q,
             chunk_size=self.chunk_size,
             backend=self.backend,
+            kernel_step=self.kernel_step,
         )
