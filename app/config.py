@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     index_dir: Path | None = Field(None, description="FAISS indexes; default: data_dir/indexes.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the model runs.")
     precision: Literal["auto", "int8", "bf16", "fp32"] = Field(
-        "auto", description="Model weights: int8 (auto on a CPU with VNNI), bf16, or fp32 (exact).")
+        "auto", description="Model weights: int8 (auto on a CPU with AVX2), bf16, or fp32 (exact).")
     allowed_roots: list[Path] = Field(default_factory=list, description="Folders the UI may index; default: home.")
     shared_data: Path = Field(PROJECT_ROOT.parent / "shared" / "data",
                               description="Evaluation and training texts (benchmarks and conversion only).")

@@ -101,12 +101,17 @@ def _database_check(settings: Settings) -> Check:
 
 
 def _precision_check(settings: Settings) -> Check:
-    from backbone.quantize import PrecisionError, int8_supported, resolve_precision
+    from backbone.quantize import PrecisionError, int8_supported, reduced_activation_range, resolve_precision
 
     device = settings.resolved_device()
     try:
         precision = resolve_precision(settings.precision, device)
     except PrecisionError as exc:
         return Check("precision", False, f"{settings.precision} cannot run here", str(exc))
-    why = "int8 dot products (VNNI) available" if int8_supported() else "no int8 dot products on this CPU"
+    if not int8_supported():
+        why = "no int8 products on this CPU (fbgemm needs AVX2)"
+    elif reduced_activation_range():
+        why = "int8 products on AVX2, 7-bit activations (no VNNI)"
+    else:
+        why = "int8 dot products (VNNI) available"
     return Check("precision", True, f"{precision} weights (RILLET_PRECISION={settings.precision}; {why})")

@@ -282,6 +282,8 @@ class LanguageModel:
     make_state: Callable[[], ModelState]
     restore_state: Callable[[dict[str, torch.Tensor], dict[str, str]], ModelState]
     info: dict[str, Any] = field(default_factory=dict)
+    # A compiled decoding step that replaces `model(ids, state)` for one token (backbone/fast_decode.py).
+    fast_step: Callable[[int, ModelState], torch.Tensor] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -325,6 +327,8 @@ class LanguageModel:
         """Feed one token; the logits (vocab,) that follow it."""
         if not 0 <= token_id < self.config.vocab_size:
             raise ValueError(f"Token ids must lie in [0, {self.config.vocab_size}), not {token_id}.")
+        if self.fast_step is not None:
+            return self.fast_step(token_id, state)
         ids = torch.tensor([[token_id]], dtype=torch.long, device=self.device)
         return self.model(ids, state, last_only=True)[0, -1]
 

@@ -205,6 +205,11 @@ def load_model(kind: Literal["teacher", "student"] = "teacher", gguf_path: Path 
         apply_precision(model.model, resolved, cache, torch.tensor([calibration], device=model.device))
         log.info("%s weights in %.2f s", resolved, time.perf_counter() - started)
         _return_freed_memory()
+    if kind == "student" and resolved == "int8":
+        from backbone.fast_decode import CompiledStudentStep, supports
+
+        if supports(model.model):
+            model.fast_step = CompiledStudentStep(model.model)
     model.info["precision"] = resolved
     return model
 

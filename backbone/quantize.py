@@ -1,10 +1,12 @@
 """Inference precision: int8 or bfloat16 weights for decoding on a CPU, float32 as the exact reference.
 
 Decoding one token reads every weight once, so its time is the time to stream the weights: ~540 MB a token
-in float32, ~135 MB in int8. `int8` keeps each weight matrix as int8 with one scale per output channel and
-multiplies with fbgemm's dynamic-quantized linear (the activation row is quantized per call, products
-accumulate in int32 with AVX512-VNNI); bench/quantize.py measured it 3–10× faster than float32 here and
-faster than `torch._int_mm` or `_weight_int8pack_mm`. `bf16` casts weights to bfloat16 (oneDNN, AVX512-BF16).
+in float32, ~135 MB in int8. `int8` keeps each weight matrix as int8 with one scale per output channel.
+A decoding step multiplies them with the float32 activation row in a compiled kernel (backbone/kernels/
+cpu_step.py); a prompt goes through fbgemm's dynamic-quantized linear (rows quantized per call, int32
+accumulation) on CPUs with VNNI, and through the dequantized weights elsewhere (see `Int8Linear`).
+bench/quantize.py measures the routes against float32, bfloat16, `torch._int_mm` and `_weight_int8pack_mm`.
+`bf16` casts weights to bfloat16 (oneDNN; fast only with AVX512-BF16).
 Activations, norms, attention and the recurrent state stay float32 in every precision.
 
 `apply_precision` also fuses the projections that read the same input (q/k/v; gate/up) into one matrix, so
@@ -51,9 +53,15 @@ def cpu_flags() -> frozenset[str]:
 
 
 def int8_supported() -> bool:
-    """fbgemm is compiled in and the CPU has 8-bit dot products (AVX512-VNNI or AVX-VNNI)."""
-    return "fbgemm" in torch.backends.quantized.supported_engines and bool(
-        cpu_flags() & {"avx512_vnni", "avx_vnni"})
+    """fbgemm is compiled in and the CPU has its instructions (AVX2 at least)."""
+    return "fbgemm" in torch.backends.quantized.supported_engines and "avx2" in cpu_flags()
+
+
+@functools.cache
+def reduced_activation_range() -> bool:
+    """Whether activations must be quantized to 7 bits: without 8-bit dot products (VNNI), fbgemm's AVX2
+    path adds pairs of u8·s8 products in saturating int16, which 8-bit activations overflow."""
+    return not cpu_flags() & {"avx512_vnni", "avx_vnni"}
 
 
 def default_precision(device: torch.device | str) -> Precision:
@@ -82,29 +90,40 @@ def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Int8Linear(nn.Module):
-    """y = x Wᵀ with W int8 per output channel, through fbgemm's dynamic linear (int32 accumulation).
+    """y = x Wᵀ with W int8 per output channel (one scale per row).
 
-    fbgemm quantizes its whole input on one grid, from its minimum to its maximum. A decoding step is one
-    row, so that is the row's own range. A prompt's rows differ by orders of magnitude (a few tokens carry
-    huge activations), so each of its rows is first mapped onto [−1, 1] (centre c, half-width h), and the
-    product mapped back: W x = h · W (x − c)/h + c · W 1. Every row, in a prompt or alone, is quantized on
-    its own range.
+    One row (a decoding step) goes through the compiled W8A32 product of backbone/kernels/cpu_step.py: int8
+    weights times the float32 row, nothing rounded but the weights. A prompt's rows go through fbgemm's
+    dynamic int8 linear (int32 accumulation) where the CPU has 8-bit dot products (VNNI). fbgemm quantizes
+    its whole input on one grid; a prompt's rows differ by orders of magnitude (a few tokens carry huge
+    activations), so each row is first mapped onto [−1, 1] (centre c, half-width h) and the product mapped
+    back: W x = h · W (x − c)/h + c · W 1. Without VNNI fbgemm must quantize activations to 7 bits, which
+    cost 4–6% perplexity (bench/results/quantize.md), so there a prompt multiplies float32 by the
+    weights dequantized one matrix at a time (still 1 byte a weight at rest).
     `smooth` (in_features,), when given, says the int8 weight holds W·diag(smooth): the input is divided by
     it first, which moves outlier channels of the activations into the weights (SmoothQuant).
     """
 
     def __init__(self, weight_int8: torch.Tensor, scale: torch.Tensor, smooth: torch.Tensor | None = None) -> None:
         super().__init__()
+        from backbone.kernels import cpu_step
+
         self.out_features, self.in_features = weight_int8.shape
         self.register_buffer("inverse_smooth", None if smooth is None else 1.0 / smooth.float())
         # W 1 of the weights as quantized, to add back the centre that prompt rows are shifted by.
         self.register_buffer("row_sums", weight_int8.float().sum(1) * scale.float())
-        zero_points = torch.zeros(self.out_features, dtype=torch.long)
-        with warnings.catch_warnings():  # the qint8 tensor exists only to be packed, then is dropped
-            warnings.simplefilter("ignore", UserWarning)
-            quantized = torch._make_per_channel_quantized_tensor(weight_int8.cpu(), scale.double().cpu(),
-                                                                 zero_points, 0)
-            self._packed = torch.ops.quantized.linear_prepack(quantized, None)
+        self.register_buffer("weight_int8", weight_int8.cpu().contiguous())
+        self.register_buffer("scale", scale.float().cpu().contiguous())
+        self.compiled_rows = cpu_step.available()
+        self.reduce_range = reduced_activation_range()
+        self._packed = None
+        if not self.reduce_range or not self.compiled_rows:  # fbgemm serves prompts, or single rows too
+            zero_points = torch.zeros(self.out_features, dtype=torch.long)
+            with warnings.catch_warnings():  # the qint8 tensor exists only to be packed, then is dropped
+                warnings.simplefilter("ignore", UserWarning)
+                quantized = torch._make_per_channel_quantized_tensor(weight_int8.cpu(), scale.double().cpu(),
+                                                                     zero_points, 0)
+                self._packed = torch.ops.quantized.linear_prepack(quantized, None)
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, smooth: torch.Tensor | None = None) -> Int8Linear:
@@ -115,14 +134,20 @@ class Int8Linear(nn.Module):
         flat = x.reshape(-1, self.in_features).float()
         if self.inverse_smooth is not None:
             flat = flat * self.inverse_smooth
-        # reduce_range=False: VNNI accumulates 8-bit products in int32, so the full 8-bit range is safe.
-        if flat.shape[0] == 1:
-            out = torch.ops.quantized.linear_dynamic(flat, self._packed, False)
+        if flat.shape[0] == 1 and self.compiled_rows and not flat.requires_grad:
+            from backbone.kernels.cpu_step import int8_matvec
+
+            out = torch.empty(1, self.out_features)
+            int8_matvec(flat[0].contiguous().numpy(), self.weight_int8.numpy(), self.scale.numpy(), out[0].numpy())
+        elif self._packed is None:
+            out = F.linear(flat, self.weight_int8.float() * self.scale[:, None])
+        elif flat.shape[0] == 1:
+            out = torch.ops.quantized.linear_dynamic(flat, self._packed, self.reduce_range)
         else:
             high, low = flat.amax(1, keepdim=True), flat.amin(1, keepdim=True)
             centre = (high + low) / 2
             half_width = ((high - low) / 2).clamp_min(torch.finfo(torch.float32).tiny)
-            out = torch.ops.quantized.linear_dynamic((flat - centre) / half_width, self._packed, False)
+            out = torch.ops.quantized.linear_dynamic((flat - centre) / half_width, self._packed, self.reduce_range)
             out = torch.addcmul(centre * self.row_sums, out, half_width)
         return out.view(*x.shape[:-1], self.out_features).to(x.dtype)
 

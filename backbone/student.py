@@ -152,6 +152,16 @@ class StudentAttention(nn.Module):
                 capture: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         b, t, _ = x.shape
         q_unrotated, k_unrotated, v = self.projections.project_unrotated(x)
+        kernel_step = self.hybrid.kernel_step
+        if capture is None and kernel_step.ready(q_unrotated, cache):  # decoding: RoPE inside the kernel
+            cache.check(self.hybrid.spec, b, x.dtype)
+            sink_rotation = None
+            if self.sink_distance is not None and rope.start + t > self.sink_distance:
+                capped = rope.capped(self.sink_distance)
+                sink_rotation = (capped.cos[0], capped.sin[0])
+            context = kernel_step(q_unrotated, k_unrotated, v, (rope.cos[0], rope.sin[0]),
+                                  None if sink_rotation is None else q_unrotated, sink_rotation, cache)
+            return self.projections.o_proj(context.transpose(1, 2).reshape(b, t, -1))
         q, k = rope.apply(q_unrotated), rope.apply(k_unrotated)
         sink_q = None
         if self.sink_distance is not None and rope.start + t > self.sink_distance:

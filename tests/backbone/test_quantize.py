@@ -19,7 +19,7 @@ from backbone.quantize import (
     resolve_precision,
 )
 
-needs_int8 = pytest.mark.skipif(not int8_supported(), reason="int8 needs fbgemm and a CPU with VNNI")
+needs_int8 = pytest.mark.skipif(not int8_supported(), reason="int8 needs fbgemm and a CPU with AVX2")
 
 
 def int8_error_bound(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
