@@ -2,15 +2,21 @@
 
 Routes (`routes`): one decoded token's matrix products at SmolLM2's shapes (30 layers of fused q/k/v,
 o, fused gate/up and down, plus the 49,152 × 576 LM head), one thread, CPU time, each route timed in
-alternating rounds, best round kept: float32 `F.linear` (the baseline), bfloat16 `F.linear`, fbgemm's
-dynamic int8 linear (what `RILLET_PRECISION=int8` uses), `torch._int_mm` on int8 rows and the
-`_weight_int8pack_mm` weight-only kernel.
+alternating rounds, best round kept: float32 `F.linear` (the baseline), bfloat16 `F.linear`, the compiled
+int8-weight, float32-activation product of backbone/kernels/cpu_step.py (what `RILLET_PRECISION=int8` uses
+for one row), fbgemm's dynamic int8 linear (what it uses for prompts on a CPU with VNNI), `torch._int_mm` on
+int8 rows and the `_weight_int8pack_mm` weight-only kernel.
+
+Decoding step (`step`): the int8 student's greedy decoding after a 256-token prompt, ms per token, through
+the PyTorch step (every op dispatched on its own, the products through the same compiled matrix-vector
+kernel) and through the compiled step (backbone/kernels/cpu_step.py) at 1 and 2 threads; alternating rounds, best kept.
+It chooses `STEP_THREADS` in backbone/fast_decode.py.
 
 Quality (`quality`): perplexity @2,048 of teacher and student at each precision, on WikiText-2 test (first
 4,096 tokens, from the shared data) and on Vim's user manual (8,192 tokens, held out from training and
 choices), both read through the prompt path, whose rows int8 maps to their own ranges like a decoding step.
 
-    python -m bench.quantize [--sections routes,quality] [--precisions fp32,bf16,int8] [--rounds 5]
+    python -m bench.quantize [--sections routes,step,quality] [--precisions fp32,bf16,int8] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import torch.nn.functional as F
 
 from backbone.evaluate import perplexity
 from backbone.loader import load_model
-from backbone.quantize import Int8Linear, quantize_rows
+from backbone.quantize import Int8Linear, quantize_rows, reduced_activation_range
 from bench import write_keeping_notes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,6 +60,9 @@ def token_products() -> dict[str, Callable[[], None]]:
     int8 = [Int8Linear.from_float(w) for w in weights]
     rows = [quantize_rows(w) for w in weights]
     transposed = [(r.t().contiguous(), s) for r, s in rows]
+    reduce_range = reduced_activation_range()
+    packed = [torch.ops.quantized.linear_prepack(torch._make_per_channel_quantized_tensor(
+        r, s.double(), torch.zeros(len(s), dtype=torch.long), 0), None) for r, s in rows]
     x_int8 = {k: torch.round(v / v.abs().max() * 127).to(torch.int8) for k, v in inputs.items()}
 
     def run(product: Callable[[int, torch.Tensor], object]) -> Callable[[], None]:
@@ -65,7 +74,8 @@ def token_products() -> dict[str, Callable[[], None]]:
     routes = {
         "float32 F.linear": run(lambda i, x: F.linear(x, weights[i])),
         "bfloat16 F.linear": run(lambda i, x: F.linear(x.bfloat16(), bf16[i])),
-        "int8 fbgemm dynamic (used)": run(lambda i, x: int8[i](x)),
+        "int8 weights, compiled matvec (used)": run(lambda i, x: int8[i](x)),
+        "int8 fbgemm dynamic": run(lambda i, x: torch.ops.quantized.linear_dynamic(x, packed[i], reduce_range)),
         "int8 torch._int_mm": run(lambda i, x: torch._int_mm(x_int8[x.shape[1]], transposed[i][0])),
     }
     if hasattr(torch.ops.aten, "_weight_int8pack_mm"):
@@ -95,6 +105,45 @@ def routes_section(rounds: int) -> list[str]:
     return ["## One token's 121 matrix products, 1 thread", "",
             f"Best of {rounds} alternating rounds. Weights stream from memory, so these times move with what "
             "else the machine runs; the ratios are what to read.", "", *rows]
+
+
+def step_section(rounds: int, tokens: int = 48) -> list[str]:
+    import numba
+
+    from bench.llama_cpp import prompt_text
+
+    model = load_model("student", cache_dir=CACHE, precision="int8")
+    compiled = model.fast_step
+    if compiled is None:
+        return ["## Decoding step", "", "The compiled step does not apply here (numba missing, or no int8)."]
+    ids = model.tokenizer.encode(prompt_text(256 * 8))[:256]
+    routes = {"PyTorch step (one op at a time; products compiled), 2 threads": (None, "torch", 2),
+              "compiled step, 1 thread": (compiled, "auto", 1), "compiled step, 2 threads": (compiled, "auto", 2)}
+    best = dict.fromkeys(routes, float("inf"))
+    with torch.inference_mode():
+        for round_index in range(rounds + 1):  # round 0 warms every route up
+            for name, (step, backend, threads) in routes.items():
+                os.environ["RILLET_ATTENTION_BACKEND"] = backend
+                torch.set_num_threads(threads)
+                compiled.threads = threads
+                model.fast_step = step
+                state = model.new_state()
+                token = int(model.prefill(ids, state).argmax())
+                for _ in range(4):
+                    token = int(model.step(token, state).argmax())
+                started = time.perf_counter()
+                for _ in range(tokens):
+                    token = int(model.step(token, state).argmax())
+                if round_index:
+                    best[name] = min(best[name], (time.perf_counter() - started) / tokens)
+    os.environ.pop("RILLET_ATTENTION_BACKEND")
+    base = best[next(iter(routes))]
+    rows = ["| route | ms per token | tokens/s | speed-up |", "| --- | ---: | ---: | ---: |"]
+    rows += [f"| {name} | {1e3 * t:.1f} | {1 / t:.1f} | {base / t:.2f}× |" for name, t in best.items()]
+    print("\n".join(rows), flush=True)
+    return ["## The int8 student's decoding step", "",
+            f"256-token prompt, {tokens} greedy tokens timed after 4, best of {rounds} alternating rounds "
+            f"(wall clock). Numba {numba.__version__}, threading layer {numba.threading_layer()}.", "", *rows]
 
 
 def texts(tokenizer) -> dict[str, torch.Tensor]:
@@ -131,7 +180,7 @@ def quality_section(precisions: list[str]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", default="routes,quality")
+    parser.add_argument("--sections", default="routes,step,quality")
     parser.add_argument("--precisions", default="fp32,bf16,int8")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
@@ -141,6 +190,8 @@ def main() -> None:
              f"(1 min) on this shared 2-core machine at the start: {os.getloadavg()[0]:.1f}.", ""]
     if "routes" in sections:
         lines += [*routes_section(args.rounds), ""]
+    if "step" in sections:
+        lines += [*step_section(args.rounds), ""]
     if "quality" in sections:
         lines += quality_section(args.precisions.split(","))
     write_keeping_notes(RESULTS, lines)
