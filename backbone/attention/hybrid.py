@@ -175,13 +175,19 @@ def _sequence(q, k, v, sink_q, feature_map_q, feature_map_k, log_weight, log_dec
     ext_k, ext_v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
 
     # Exact part: query block b (positions start + b·W + i) sees extended blocks b and b+1 and the sinks.
-    blocks = math.ceil(length / window)
-    pad = blocks * window - length
-    q_blocks = _grouped(F.pad(q, (0, 0, 0, pad)), kv_heads).reshape(batch, kv_heads, -1, blocks, window, head_dim)
-    ext_k_blocks = F.pad(ext_k, (0, 0, 0, pad)).reshape(batch, kv_heads, blocks + 1, window, head_dim)
-    ext_v_blocks = F.pad(ext_v, (0, 0, 0, pad)).reshape(batch, kv_heads, blocks + 1, window, head_dim)
-    window_k = torch.cat([ext_k_blocks[:, :, :-1], ext_k_blocks[:, :, 1:]], dim=3)  # (B, Hkv, N, 2W, D)
-    window_v = torch.cat([ext_v_blocks[:, :, :-1], ext_v_blocks[:, :, 1:]], dim=3)
+    # A run shorter than the window is one block of its own length, seeing the whole extended stream
+    # (W + T keys), so a long window does not pad a short prompt to W queries.
+    block = min(window, length)
+    blocks = math.ceil(length / block)
+    pad = blocks * block - length
+    q_blocks = _grouped(F.pad(q, (0, 0, 0, pad)), kv_heads).reshape(batch, kv_heads, -1, blocks, block, head_dim)
+    if blocks == 1:
+        window_k, window_v = ext_k[:, :, None], ext_v[:, :, None]  # (B, Hkv, 1, W + T, D)
+    else:
+        ext_k_blocks = F.pad(ext_k, (0, 0, 0, pad)).reshape(batch, kv_heads, blocks + 1, window, head_dim)
+        ext_v_blocks = F.pad(ext_v, (0, 0, 0, pad)).reshape(batch, kv_heads, blocks + 1, window, head_dim)
+        window_k = torch.cat([ext_k_blocks[:, :, :-1], ext_k_blocks[:, :, 1:]], dim=3)  # (B, Hkv, N, 2W, D)
+        window_v = torch.cat([ext_v_blocks[:, :, :-1], ext_v_blocks[:, :, 1:]], dim=3)
     new_sinks = min(max(sinks - start, 0), length)
     sink_k = torch.cat([old_sink_k, k[:, :, :new_sinks]], dim=2)  # positions 0 .. S'-1
     sink_v = torch.cat([old_sink_v, v[:, :, :new_sinks]], dim=2)
@@ -194,10 +200,10 @@ def _sequence(q, k, v, sink_q, feature_map_q, feature_map_k, log_weight, log_dec
         q_blocks_for_sinks = q_blocks
     sink_scores = torch.einsum("bhgnid,bhsd->bhgnis", q_blocks_for_sinks, sink_k) * scale
     device = q.device
-    i = torch.arange(window, device=device)[:, None]
-    j = torch.arange(2 * window, device=device)[None, :]
-    block_start = torch.arange(blocks, device=device)[:, None, None] * window
-    key_position = start - window + block_start + j  # (N, 1, 2W)
+    i = torch.arange(block, device=device)[:, None]
+    j = torch.arange(window + block, device=device)[None, :]
+    block_start = torch.arange(blocks, device=device)[:, None, None] * block
+    key_position = start - window + block_start + j  # (N, 1, W + block)
     window_mask = (j > i) & (j <= i + window) & (key_position >= max(sinks, 0))  # (N, W, 2W)
     query_position = start + block_start + i  # (N, W, 1)
     sink_mask = torch.arange(sink_k.shape[2], device=device) <= query_position  # (N, W, S')
@@ -216,13 +222,13 @@ def _sequence(q, k, v, sink_q, feature_map_q, feature_map_k, log_weight, log_dec
 
     log_w = _grouped(log_weight.to(q.dtype)[None, :, None, None, None], kv_heads)  # (1, Hkv, G, 1, 1, 1)
     exact, linear_factor, normaliser = combine(scores, linear[..., head_dim:], log_w)
-    exact_window, exact_sinks = exact.split([2 * window, sink_k.shape[2]], dim=-1)
+    exact_window, exact_sinks = exact.split([window + block, sink_k.shape[2]], dim=-1)
     numerator = (
         torch.einsum("bhgnij,bhnjd->bhgnid", exact_window, window_v)
         + torch.einsum("bhgnis,bhsd->bhgnid", exact_sinks, sink_v)
         + linear_factor * linear[..., :head_dim]
     )
-    out = (numerator / normaliser).reshape(batch, q_heads, blocks * window, head_dim)[:, :, :length]
+    out = (numerator / normaliser).reshape(batch, q_heads, blocks * block, head_dim)[:, :, :length]
 
     if state is not None:
         end = start + length

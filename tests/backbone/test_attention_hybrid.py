@@ -242,7 +242,9 @@ def test_decay_and_sink_query_errors():
 
 
 def test_decoding_step_runs_on_one_thread_and_restores_the_count():
+    """The PyTorch step (the compiled one is single-threaded by construction)."""
     attention = make_attention(4, 2, 16, 2, 8, seed=13)
+    attention.backend = "torch"
     state = attention.new_state()
     seen = []
     original = attention.feature_map_q.forward
