@@ -114,4 +114,8 @@ def _precision_check(settings: Settings) -> Check:
         why = "int8 products on AVX2, 7-bit activations (no VNNI)"
     else:
         why = "int8 dot products (VNNI) available"
+    from backbone.kernels import cpu_step
+
+    if precision == "int8":
+        why += "; decoding compiled with Numba" if cpu_step.available() else "; numba missing: decoding op by op"
     return Check("precision", True, f"{precision} weights (RILLET_PRECISION={settings.precision}; {why})")

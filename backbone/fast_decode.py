@@ -5,6 +5,7 @@ handed over as views (updated in place), and a fallback to the PyTorch step wher
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 
@@ -94,6 +95,16 @@ class CompiledStudentStep:
         self.threads = min(STEP_THREADS, numba.config.NUMBA_NUM_THREADS)
         self._state_key: tuple | None = None
         self._state_lists: list = []
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Compile (first use after an install, ~30 s) or load the kernels now, not at the first answer."""
+        from backbone.student import state_spec
+
+        started = time.perf_counter()
+        self(0, RecurrentState.empty(state_spec(self.model)))
+        self._state_key, self._state_lists = None, []
+        log.info("compiled decoding step ready in %.2f s", time.perf_counter() - started)
 
     def _state_arrays(self, state: RecurrentState) -> list:
         from numba.typed import List
