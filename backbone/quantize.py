@@ -140,7 +140,7 @@ class Int8Linear(nn.Module):
             out = torch.empty(1, self.out_features)
             int8_matvec(flat[0].contiguous().numpy(), self.weight_int8.numpy(), self.scale.numpy(), out[0].numpy())
         elif self._packed is None:
-            out = F.linear(flat, self.weight_int8.float() * self.scale[:, None])
+            out = F.linear(flat, torch.mul(self.weight_int8, self.scale[:, None]))  # one pass, int8 to float
         elif flat.shape[0] == 1:
             out = torch.ops.quantized.linear_dynamic(flat, self._packed, self.reduce_range)
         else:

@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 TRAINING = REPO / "backbone" / "checkpoints" / "training"
 RESULTS = REPO / "bench" / "results" / "student.md"
 RECORD = RESULTS.with_suffix(".json")
-SECTION_ORDER = ("ppl", "equivalence", "long", "decode", "chat", "chat-defaults")
+SECTION_ORDER = ("ppl", "equivalence", "long", "decode", "chat", "chat-defaults", "chat-int8")
 CACHE = REPO / ".data" / "cache"
 
 QUESTIONS = [
@@ -359,6 +359,12 @@ def main() -> None:
         new["chat"] = chat_section(teacher, best)
     if "chat-defaults" in sections:
         new["chat-defaults"] = chat_section(teacher, best, user_sampling())
+    if "chat-int8" in sections:  # the same greedy check as `chat`, both models as the app serves them on a CPU
+        int8 = [load_model(kind, cache_dir=CACHE, precision="int8") for kind in ("teacher", "student")]
+        lines = chat_section(*int8)
+        new["chat-int8"] = [lines[0] + " (int8 weights)", lines[1],
+                            lines[2] + " Both models at int8 (backbone/quantize.py; the student decoding through "
+                            "its compiled step), to compare with the float32 table above.", *lines[3:]]
     for name, lines in new.items():
         record["sections"][name] = [*lines, "", f"_Measured {stamp}._"]
     RECORD.parent.mkdir(parents=True, exist_ok=True)
