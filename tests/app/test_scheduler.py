@@ -55,13 +55,15 @@ def test_one_at_a_time_is_first_come_first_served() -> None:
 
 def test_active_jobs_take_turns_step_by_step() -> None:
     scheduler, log = Scheduler(max_active=3), []
-    gate = threading.Event()
+    started, gate = threading.Event(), threading.Event()
 
     def blocker(ticket: Ticket) -> Iterator[None]:
+        started.set()
         gate.wait(5)
         yield None
 
     scheduler.submit(blocker)
+    assert started.wait(5)  # the worker is inside the blocker, so a and b are admitted together
     tickets = [scheduler.submit(counting_job(name, 4, log)) for name in "ab"]
     gate.set()
     finals(tickets)
