@@ -10,7 +10,7 @@ import time
 import torch
 
 from backbone.attention.dispatch import resolve_backend
-from backbone.attention.hybrid import STATE_NAMES, KernelStep
+from backbone.attention.hybrid import STATE_NAMES
 from backbone.attention.state import RecurrentState
 from backbone.model import Transformer
 from backbone.quantize import Int8Embedding, Int8Linear
@@ -34,7 +34,7 @@ def supports(model: Transformer) -> bool:
         if not (isinstance(attention, StudentAttention) and isinstance(attention.projections.qkv_proj, Int8Linear)
                 and isinstance(layer.mlp.gate_up_proj, Int8Linear)):
             return False
-        if not KernelStep(attention.hybrid).fits_maps():
+        if not attention.hybrid.kernel_step.fits_maps():
             return False
     return isinstance(model.lm_head, Int8Linear) and model.embed.weight_int8.device.type == "cpu"
 
@@ -58,23 +58,15 @@ class CompiledStudentStep:
         layers = model.layers
         self.sink_distance = layers[0].attention.sink_distance
         self.config = model.config
-        self.products = {
-            "attention_norms": List([folded(b.attention_norm, b.attention.projections.qkv_proj) for b in layers]),
-            "qkv": [b.attention.projections.qkv_proj for b in layers],
-            "o": [b.attention.projections.o_proj for b in layers],
-            "mlp_norms": List([folded(b.mlp_norm, b.mlp.gate_up_proj) for b in layers]),
-            "gate_up": [b.mlp.gate_up_proj for b in layers],
-            "down": [b.mlp.down_proj for b in layers],
-        }
+        def table(product: Int8Linear) -> list:
+            return [array(product.weight_int8), array(product.scale)]
+
+        # One row per layer in the kernel's argument order, turned into one list per argument.
+        rows = [[folded(b.attention_norm, b.attention.projections.qkv_proj), *table(b.attention.projections.qkv_proj),
+                 *table(b.attention.projections.o_proj), folded(b.mlp_norm, b.mlp.gate_up_proj),
+                 *table(b.mlp.gate_up_proj), *table(b.mlp.down_proj)] for b in layers]
         self.args = [array(model.embed.weight_int8), array(model.embed.scale)]
-        self.layer_args = [self.products["attention_norms"]]
-        for name in ("qkv", "o"):
-            self.layer_args += [List([array(p.weight_int8) for p in self.products[name]]),
-                                List([array(p.scale) for p in self.products[name]])]
-        self.layer_args.append(self.products["mlp_norms"])
-        for name in ("gate_up", "down"):
-            self.layer_args += [List([array(p.weight_int8) for p in self.products[name]]),
-                                List([array(p.scale) for p in self.products[name]])]
+        self.layer_args = [List(column) for column in zip(*rows, strict=True)]
         self.layer_args += [folded(model.norm, model.lm_head), array(model.lm_head.weight_int8),
                             array(model.lm_head.scale)]
         self.groups = []  # (layer, prefix) of each group, in the kernel's order
