@@ -218,7 +218,9 @@ class ChatEngine:
 
     def import_session(self, data: str | bytes) -> SessionInfo:
         """A session from an exported file, held to the live limits; it gets Rillet's own system prompt."""
-        return self.store.import_json(data, system_prompt=DEFAULT_SYSTEM_PROMPT)
+        info = self.store.import_json(data, system_prompt=DEFAULT_SYSTEM_PROMPT)
+        self._index_for_recall(info.id)
+        return info
 
     def open_session(self, session_id: int, model: str | None = None) -> SessionView:
         """The transcript and the state (from its snapshot, or rebuilt) ready in the engine's cache."""
@@ -228,6 +230,7 @@ class ChatEngine:
         def job(ticket: Ticket) -> Iterator[None]:
             nonlocal loaded
             loaded = self._load(session_id, served)
+            self._index_for_recall(session_id)
             yield None
 
         self.registry.scheduler.run(job, key=_key(session_id))
@@ -434,8 +437,18 @@ class ChatEngine:
                 loaded = self.store.load(session_id, model, progress=False)
                 continue
             self._remember(session_id, model.fingerprint, info.version, state)
+            self._index_for_recall(session_id)
             return info, state, notice
         raise AssertionError("unreachable")
+
+    def _index_for_recall(self, session_id: int) -> None:
+        """Embed the session's new messages for recall now, so that the next question does not wait for it
+        (a long imported or reopened session would otherwise be embedded at its first question). The index
+        is a cache of the transcript: a failure here is logged, and the next recall tries again."""
+        try:
+            self.recall.sync(session_id)
+        except Exception:
+            log.exception("session %d: the recall index could not be brought up to date", session_id)
 
     def close(self) -> None:
         """Stop every turn of this engine (the shared model queue itself stays up)."""

@@ -338,3 +338,17 @@ def test_export_then_import_gives_the_same_conversation(kettle: ChatEngine, tmp_
     assert view.state_tokens == result.state_tokens
     with pytest.raises(ValueError, match="not a Rillet session export"):
         kettle.import_session(b'{"title": "x"}')
+
+
+def test_messages_are_indexed_for_recall_before_the_next_question(kettle: ChatEngine, tmp_path: Path) -> None:
+    """Importing a session and storing a turn embed the new messages at once, so the next question's recall
+    has nothing left to embed (a long session would otherwise be embedded while the user waits)."""
+    session = kettle.create_session("Tea notes", collection="kettle")
+    run_turn(kettle, session.id, "How long does green tea steep?")
+    assert kettle.recall.sync(session.id) == 0
+    run_turn(kettle, session.id, "And black tea?")
+    assert kettle.recall.sync(session.id) == 0
+    imported = kettle.import_session(kettle.export_session(session.id, tmp_path, "json").read_bytes())
+    assert kettle.recall.sync(imported.id) == 0
+    found = kettle.recall.recall(imported.id, "black tea", k=10)
+    assert {p.ordinal for p in found} == {m.ordinal for m in kettle.messages(imported.id)}
