@@ -5,6 +5,10 @@ import os
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# As `rillet serve` runs (app/cli.py): idle OpenMP threads sleep after a short spin. Set before any
+# benchmark imports torch; a benchmark that runs llama.cpp removes both for its worker.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 
 def shared_file(relative: str) -> Path:

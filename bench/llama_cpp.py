@@ -139,6 +139,7 @@ def run_worker(system: str, context: int, args: argparse.Namespace, llama_python
     env = dict(os.environ)
     if system == "llama.cpp":
         env.pop("OMP_WAIT_POLICY", None)  # PASSIVE slows llama.cpp's decoding several-fold
+        env.pop("GOMP_SPINCOUNT", None)  # llama.cpp runs with OpenMP's defaults
         python = str(llama_python)
         # The bench virtualenv has no torch: run this file as a script, not as part of the package.
         done = subprocess.run([python, str(Path(__file__).resolve()), *command], env=env, capture_output=True,
