@@ -82,6 +82,7 @@ class TurnOptions:
     min_p: float = defaults.MIN_P
     loop_stop: int = defaults.LOOP_STOP
     model: str | None = None  # None: settings.model
+    stop: tuple[str, ...] = ()  # the answer ends before the first of these strings (OpenAI's `stop`)
 
     def sampling(self) -> Any:
         """The backbone's SamplingConfig for these options (ValueError when one is out of range)."""
@@ -380,7 +381,7 @@ class ChatEngine:
 
         fork = loaded.state.clone()
         sampling = options.sampling()
-        steps = generation_steps(model, prompt.ids, fork, sampling, ticket)
+        steps = generation_steps(model, prompt.ids, fork, sampling, ticket, options.stop or None)
         first_token_s = None
         while True:
             try:

@@ -140,6 +140,32 @@ class LoginThrottle:
             self._records = {k: r for k, r in self._records.items() if now - r.last_failure < 2 * MAX_DELAY_S}
 
 
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer TOKEN` header."""
+    scheme, _, token = (authorization or "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def api_access(throttle: LoginThrottle | None) -> Callable[[str | None, str], str | None]:
+    """How the OpenAI-compatible API checks its callers. Without a credential, everyone who reaches the port
+    (a loopback one) may use it; with `user:password`, the API key is the password, throttled like the page."""
+    from ui.openai_schema import ApiError
+
+    def check(authorization: str | None, client: str) -> str | None:
+        if throttle is None:
+            return None
+        token = bearer_token(authorization)
+        if token is None:
+            raise ApiError(401, "This server needs an API key: send `Authorization: Bearer KEY` (the OpenAI "
+                           "clients' api_key).", type="authentication_error", code="missing_api_key")
+        if not throttle.attempt(client, throttle.user, token):
+            raise ApiError(401, "Wrong API key (or too many wrong ones from your address: wait and try again).",
+                           type="authentication_error", code="invalid_api_key")
+        return None
+
+    return check
+
+
 class RememberClient:
     """ASGI middleware: the client's address, for the login check Gradio calls with name and password only."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from app.config import Settings
-from ui.auth import AUTH_MESSAGE, LoginThrottle, RememberClient, parse_auth
+from ui.auth import AUTH_MESSAGE, LoginThrottle, RememberClient, api_access, parse_auth
 
 __all__ = ["launch", "parse_auth", "serve"]
 log = logging.getLogger(__name__)
@@ -13,13 +13,16 @@ log = logging.getLogger(__name__)
 
 def launch(engine: object, host: str, port: int, auth: str | tuple[str, str] | None = None, *, block: bool = True,
            throttle: LoginThrottle | None = None) -> object:
-    """Build the page for `engine` and start serving it; returns the running Blocks when not blocking.
+    """Build the page for `engine` and start serving it, with the OpenAI-compatible API under /v1;
+    returns the running Blocks when not blocking.
 
     `auth` (`user:password` or a pair) turns on the login page, each client's wrong passwords slowed down
     by a `LoginThrottle` (`throttle` to pass one with another clock)."""
     from starlette.middleware import Middleware
+    from starlette.routing import Mount
 
     from ui.app import CSS, build_app
+    from ui.openai_api import build_openai_app
 
     credentials = parse_auth(auth) if isinstance(auth, str) or auth is None else auth
     if credentials is not None and throttle is None:
@@ -31,7 +34,8 @@ def launch(engine: object, host: str, port: int, auth: str | tuple[str, str] | N
     demo.launch(server_name=host, server_port=port, auth=throttle if credentials else None,
                 auth_message=AUTH_MESSAGE if credentials else None, show_error=True, css=CSS,
                 allowed_paths=[str(exports)], prevent_thread_lock=not block, quiet=not block, footer_links=[],
-                app_kwargs={"middleware": [Middleware(RememberClient)]})
+                app_kwargs={"middleware": [Middleware(RememberClient)],
+                            "routes": [Mount("/v1", app=build_openai_app(engine, api_access(throttle)))]})
     return demo
 
 
