@@ -102,7 +102,7 @@ class UserEngine:
         if name in SHARED:
             return getattr(self.engine, name)
         method = getattr(type(self.engine), name, None)
-        if callable(method) and _takes_session_first(method):
+        if not name.startswith("_") and callable(method) and _takes_session_first(method):
             bound = getattr(self.engine, name)
 
             def checked(session_id: int, *args: Any, **kwargs: Any) -> Any:

@@ -265,3 +265,20 @@ def test_users_are_managed_from_the_command_line(tmp_path: Path) -> None:
     assert rillet("users", "remove", "nobody", "--yes").exit_code == 2
     assert rillet("users", "remove", "ada", "--yes").exit_code == 0
     assert not accounts.any() and accounts.user_for_key(key) is None
+
+
+@pytest.mark.slow
+def test_the_user_engine_denies_what_it_does_not_know(shared: Shared, adas: int) -> None:
+    """Any engine method whose first parameter is a session id is checked; anything else unknown is refused."""
+    from app.user_engine import UserEngine
+    from memory.errors import SessionNotFoundError
+
+    bob = UserEngine(shared.engine, shared.accounts.get("bob"))
+    for name in ("close", "_turn", "_load", "store"):
+        with pytest.raises(AttributeError, match="not available"):
+            getattr(bob, name)
+    for attempt in (lambda: bob.messages(adas), lambda: bob.rename_session(adas, "Bob's now"),
+                    lambda: bob.set_collection(adas, None), lambda: bob.cancel(adas), lambda: bob.session(adas)):
+        with pytest.raises(SessionNotFoundError):
+            attempt()
+    assert shared.engine.store.get(adas).title == "Ada's secret plans"
