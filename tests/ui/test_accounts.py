@@ -26,7 +26,7 @@ from app.engine import ChatEngine
 from memory.db import make_engine
 from memory.users import Accounts
 from tests.ui.conftest import FIXTURE_REPO, free_port
-from ui.auth import FREE_ATTEMPTS, LoginThrottle, account_throttles
+from ui.auth import FREE_ATTEMPTS, MAX_DELAY_S, LoginThrottle, account_throttles
 
 PATIENT = {"timeout": 120}
 PASSWORDS = {"ada": "ada's password", "bob": "bob's password"}
@@ -211,6 +211,17 @@ def test_repeated_failed_logins_are_slowed(shared: Shared) -> None:
         assert shared.throttle.seconds_to_wait("127.0.0.1", "bob") == pytest.approx(1.0)
         shared.clock.now += 1.0
         assert login(PASSWORDS["bob"]) == 200
+
+
+def test_repeated_wrong_api_keys_are_slowed(shared: Shared) -> None:
+    with httpx.Client(base_url=f"{shared.url}v1", timeout=60) as http:
+        def status(key: str) -> int:
+            return http.get("/models", headers={"Authorization": f"Bearer {key}"}).status_code
+
+        assert [status(f"rk-guess-{i}") for i in range(FREE_ATTEMPTS)] == [401] * FREE_ATTEMPTS
+        assert status(shared.keys["ada"]) == 401  # the right key, too early: not even checked
+        shared.clock.now += MAX_DELAY_S
+        assert status(shared.keys["ada"]) == 200
 
 
 @pytest.mark.slow
