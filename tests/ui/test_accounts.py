@@ -4,6 +4,7 @@ shared with an owner; the bind rule."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from app.engine import ChatEngine
 from memory.db import make_engine
 from memory.users import Accounts
 from tests.ui.conftest import FIXTURE_REPO, free_port
+from tests.ui.test_browser import browser  # noqa: F401  (the Chromium fixture)
 from ui.auth import FREE_ATTEMPTS, MAX_DELAY_S, LoginThrottle, account_throttles
 
 PATIENT = {"timeout": 120}
@@ -293,3 +295,24 @@ def test_the_user_engine_denies_what_it_does_not_know(shared: Shared, adas: int)
         with pytest.raises(SessionNotFoundError):
             attempt()
     assert shared.engine.store.get(adas).title == "Ada's secret plans"
+
+
+@pytest.mark.slow
+def test_in_a_real_browser_each_user_sees_only_their_sessions(shared: Shared, adas: int,
+                                                              browser: Any) -> None:  # noqa: F811
+    from playwright.sync_api import expect
+
+    bobs = shared.client("bob").predict(title="Bob's own notes", collection="", api_name="/create_session")["id"]
+    for name, mine, theirs in (("bob", "Bob's own notes", "Ada's secret plans"),
+                               ("ada", "Ada's secret plans", "Bob's own notes")):
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        page.goto(shared.url)
+        page.locator("input").nth(0).fill(name)
+        page.locator("input[type=password]").fill(PASSWORDS[name])
+        page.get_by_role("button", name=re.compile("log ?in", re.I)).click()
+        sessions = page.locator("#rillet-sessions")
+        expect(sessions).to_contain_text(mine, timeout=60_000)
+        assert theirs not in sessions.inner_text()
+        context.close()
+    shared.client("bob").predict(session_id=bobs, api_name="/delete_session")
