@@ -163,6 +163,32 @@ def test_a_continued_session_reads_only_the_new_message(client: openai.OpenAI, s
                                                                           "Which tea do I like?"]
 
 
+@pytest.mark.slow
+def test_a_client_that_goes_away_stops_its_answer(client: openai.OpenAI, server: Server) -> None:
+    """The turn is cancelled, not written to the end for nobody; what was written is kept, marked stopped."""
+    import time
+
+    from app.engine import STOPPED_NOTE
+
+    session = server.engine.create_session("Walks away")
+    stream = client.chat.completions.create(
+        model="teacher", stream=True, max_tokens=400, temperature=0.8, seed=3,
+        messages=[{"role": "user", "content": "Write a long story about a kettle."}],
+        extra_body={"rillet": {"session_id": session.id}})
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            break
+    stream.close()
+    for _ in range(600):
+        messages = server.engine.messages(session.id)
+        if len(messages) == 2:
+            break
+        time.sleep(0.5)
+    answer = server.engine.messages(session.id)[-1]
+    assert answer.role == "assistant" and answer.text.endswith(STOPPED_NOTE)
+    assert len(server.engine.served("teacher").model.tokenizer.encode(answer.text)) < 400
+
+
 def test_errors_come_in_openai_shape_with_their_status(client: openai.OpenAI, server: Server) -> None:
     hello = [{"role": "user", "content": "Hello"}]
     with pytest.raises(openai.NotFoundError) as unknown:
