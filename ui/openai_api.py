@@ -185,6 +185,23 @@ class ChatCompletions:
         yield "data: [DONE]\n\n"
 
 
+class AnswerStream(StreamingResponse):
+    """The chunks of one answer; when the response ends early (the client went away), the turn is
+    cancelled there and then, not whenever the abandoned iterator happens to be collected."""
+
+    def __init__(self, call: ChatCompletions) -> None:
+        super().__init__(call.chunks(), media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.ticket = call.ticket
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if not self.ticket.done:
+                self.ticket.cancel()  # stop, keeping what was written
+
+
 def _sse(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
@@ -263,8 +280,7 @@ def build_openai_app(engine: ChatEngine, authenticate: Authenticate = open_acces
         except Exception as exc:
             return _error_response(exc)
         if body.stream:
-            return StreamingResponse(call.chunks(), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return AnswerStream(call)
         try:
             return await run_in_threadpool(call.whole)
         except Exception as exc:
