@@ -126,11 +126,16 @@ def users_remove(name: str, yes: bool = typer.Option(False, "--yes", "-y", help=
         user = next((u for u in accounts.list() if u.name == name), None) or accounts.get(name)
         if not yes and not typer.confirm(f"Remove {name} and their {user.sessions} sessions?"):
             raise typer.Exit(1)
-        accounts.remove(name)
+        removed = accounts.remove(name)
     except UserError as exc:
         console.print(f"[red]{text(exc)}")
         raise typer.Exit(2) from None
-    console.print(f"Removed user {line(name)} and their sessions.")
+    from memory.recall import recall_paths
+
+    for session_id in removed:  # the sessions' recall indexes go with them
+        for path in recall_paths(get_settings().recall_dir, session_id):
+            path.unlink(missing_ok=True)
+    console.print(f"Removed user {line(name)} with {len(removed)} session{'' if len(removed) == 1 else 's'}.")
 
 
 @users_cli.command("key")

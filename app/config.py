@@ -76,6 +76,11 @@ class Settings(BaseSettings):
         return self.index_dir or self.data_dir / "indexes"
 
     @property
+    def recall_dir(self) -> Path:
+        """Each session's index of its own messages (memory/recall.py)."""
+        return self.data_dir / "recall"
+
+    @property
     def cache_dir(self) -> Path:
         """Converted model weights and tokenizer, so the second load skips the GGUF."""
         return self.data_dir / "cache"

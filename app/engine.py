@@ -157,7 +157,7 @@ class ChatEngine:
         database = None if store is not None and retrieval is not None else open_database(settings.db_url)
         self.store = store or SessionStore(database)
         self.retrieval = retrieval or Retrieval(database, settings.indexes)
-        self.recall = SessionRecall(self.store, self.retrieval.embedder, settings.data_dir / "recall",
+        self.recall = SessionRecall(self.store, self.retrieval.embedder, settings.recall_dir,
                                     new_index=_new_index, load_index=_load_index)
         self._states: OrderedDict[int, _Cached] = OrderedDict()
         self._cached_states = cached_states

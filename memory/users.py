@@ -129,15 +129,17 @@ class Accounts:
                 raise UnknownUser(f"No user is named {name!r}; `rillet users list` shows them.")
             return UserInfo(user.id, user.name, user.created_at)
 
-    def remove(self, name: str) -> None:
-        """Remove a user with their API keys and sessions."""
+    def remove(self, name: str) -> list[int]:
+        """Remove a user with their API keys and sessions; the ids of the sessions removed (whose recall
+        indexes the caller deletes)."""
         from memory.models import ChatSession
 
         user = self.get(name)
         with self._db.begin() as db:
-            owned = select(SessionOwner.session_id).where(SessionOwner.user_id == user.id)
+            owned = list(db.scalars(select(SessionOwner.session_id).where(SessionOwner.user_id == user.id)))
             db.execute(delete(ChatSession).where(ChatSession.id.in_(owned)))
             db.execute(delete(User).where(User.id == user.id))
+        return owned
 
     def check_password(self, name: str, password: str) -> UserInfo | None:
         """The user, when the password is theirs; None otherwise (after the same work either way)."""

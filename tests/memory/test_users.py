@@ -68,6 +68,6 @@ def test_sessions_belong_to_a_user_and_go_with_them(accounts: Accounts, db_url: 
     assert {u.name: (u.sessions, u.keys) for u in accounts.list()} == {"ada": (1, 0), "bob": (2, 0)}
 
     accounts.create_key("bob")
-    accounts.remove("bob")
+    assert sorted(accounts.remove("bob")) == sorted([bobs.id, nobodys.id])
     assert [s.id for s in store.list_sessions()] == [before.id]
     assert [u.name for u in accounts.list()] == ["ada"]

@@ -275,9 +275,20 @@ def test_users_are_managed_from_the_command_line(tmp_path: Path) -> None:
     assert accounts.check_password("ada", "a long password") is not None
     listed = rillet("users", "list").output
     assert "ada" in listed
+    from memory.recall import recall_paths
+    from memory.sessions import SessionStore
+
+    store = SessionStore(make_engine(f"sqlite:///{tmp_path / 'data' / 'rillet.db'}"))
+    session = store.create("Ada's", owner_id=accounts.get("ada").id)
+    recall = recall_paths(tmp_path / "data" / "recall", session.id)
+    for path in recall:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
     assert rillet("users", "remove", "nobody", "--yes").exit_code == 2
-    assert rillet("users", "remove", "ada", "--yes").exit_code == 0
+    removed = rillet("users", "remove", "ada", "--yes")
+    assert removed.exit_code == 0 and "with 1 session." in removed.output
     assert not accounts.any() and accounts.user_for_key(key) is None
+    assert store.list_sessions() == [] and not any(path.exists() for path in recall)
 
 
 @pytest.mark.slow
