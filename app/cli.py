@@ -29,6 +29,9 @@ cli = typer.Typer(help="Rillet: a self-hosted assistant for long conversations o
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
 db_cli = typer.Typer(help="Database schema.", no_args_is_help=True)
 cli.add_typer(db_cli, name="db")
+users_cli = typer.Typer(help="User accounts of a shared server: each user logs in and sees only their own "
+                        "sessions.", no_args_is_help=True)
+cli.add_typer(users_cli, name="users")
 console = Console()
 
 
@@ -62,6 +65,110 @@ def db_upgrade(revision: str = typer.Argument("head")) -> None:
     console.print(f"Database at {line(settings.db_url)} is at revision {line(revision)}.")
 
 
+def _accounts() -> object:
+    from ui.server import open_accounts
+
+    settings = get_settings()
+    settings.ensure_dirs()
+    accounts = open_accounts(settings)
+    if accounts is None:
+        console.print("[red]The database is in memory (sqlite://): users would be gone at once. Set "
+                      "RILLET_DATABASE_URL to a file or a server.")
+        raise typer.Exit(2)
+    return accounts
+
+
+def _password(password_file: Path | None) -> str:
+    if password_file is not None:
+        try:
+            return password_file.expanduser().read_text(encoding="utf-8").splitlines()[0]
+        except (OSError, UnicodeDecodeError, IndexError) as exc:
+            console.print(f"[red]Cannot read a password from the first line of {line(password_file)}: {text(exc)}")
+            raise typer.Exit(2) from None
+    return typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+
+
+@users_cli.command("add")
+def users_add(
+    name: str = typer.Argument(..., help="User name (letters, digits, _.@-)."),
+    password_file: Annotated[Path | None, typer.Option(help="Read the password from this file's first line "
+                                                       "(default: ask for it).")] = None,
+) -> None:
+    """Add a user. The first user also takes the sessions made before; restart `rillet serve` after it."""
+    from backbone.errors import UserError
+
+    accounts = _accounts()
+    first = not accounts.any()
+    try:
+        user = accounts.add(name, _password(password_file))
+    except UserError as exc:
+        console.print(f"[red]{text(exc)}")
+        raise typer.Exit(2) from None
+    console.print(f"Added user {line(user.name)}.")
+    if first:
+        console.print("The first user: the existing sessions are theirs now, and from the next start of `rillet "
+                      "serve` everyone logs in. `rillet users key NAME` makes an API key for /v1.")
+
+
+@users_cli.command("list")
+def users_list() -> None:
+    """The users, with their number of sessions and API keys."""
+    table = Table("name", "sessions", "API keys", "added", title="Users")
+    for user in _accounts().list():
+        table.add_row(line(user.name), str(user.sessions), str(user.keys), user.created_at.strftime("%Y-%m-%d %H:%M"))
+    console.print(table)
+
+
+@users_cli.command("remove")
+def users_remove(name: str, yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask.")) -> None:
+    """Remove a user with their API keys and all their sessions."""
+    from backbone.errors import UserError
+
+    accounts = _accounts()
+    try:
+        user = next((u for u in accounts.list() if u.name == name), None) or accounts.get(name)
+        if not yes and not typer.confirm(f"Remove {name} and their {user.sessions} sessions?"):
+            raise typer.Exit(1)
+        removed = accounts.remove(name)
+    except UserError as exc:
+        console.print(f"[red]{text(exc)}")
+        raise typer.Exit(2) from None
+    from memory.recall import recall_paths
+
+    for session_id in removed:  # the sessions' recall indexes go with them
+        for path in recall_paths(get_settings().recall_dir, session_id):
+            path.unlink(missing_ok=True)
+    console.print(f"Removed user {line(name)} with {len(removed)} session{'' if len(removed) == 1 else 's'}.")
+
+
+@users_cli.command("key")
+def users_key(name: str) -> None:
+    """Make an API key for the user (shown once: only its hash is stored)."""
+    from backbone.errors import UserError
+
+    try:
+        key = _accounts().create_key(name)
+    except UserError as exc:
+        console.print(f"[red]{text(exc)}")
+        raise typer.Exit(2) from None
+    console.print(f"API key for {line(name)} (shown this once; keep it secret):")
+    print(key)
+
+
+@users_cli.command("revoke")
+def users_revoke(name: str, key_start: str = typer.Argument("", help="The first characters of the key "
+                                                            "(default: every key of the user).")) -> None:
+    """Revoke the user's API keys (those starting with KEY_START)."""
+    from backbone.errors import UserError
+
+    try:
+        count = _accounts().revoke_keys(name, key_start)
+    except UserError as exc:
+        console.print(f"[red]{text(exc)}")
+        raise typer.Exit(2) from None
+    console.print(f"Revoked {count} API key{'s' if count != 1 else ''} of {line(name)}.")
+
+
 @cli.command()
 def doctor() -> None:
     """Check every component and say how to fix what is missing."""
@@ -89,6 +196,7 @@ def serve(
 
     With a credential (--auth, --auth-file or RILLET_AUTH) the page asks for it first."""
     from ui.auth import read_credential
+    from ui.server import OpenBindRefused
     from ui.server import serve as run_server
 
     try:
@@ -100,7 +208,11 @@ def serve(
         console.print(f"[yellow]{text(warning)}")
     settings = get_settings()
     settings.ensure_dirs()
-    run_server(settings, host=host or settings.host, port=port or settings.port, auth=credential)
+    try:
+        run_server(settings, host=host or settings.host, port=port or settings.port, auth=credential)
+    except OpenBindRefused as exc:
+        console.print(f"[red]{text(exc)}")
+        raise typer.Exit(2) from None
 
 
 @cli.command()

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     precision: Literal["auto", "int8", "bf16", "fp32"] = Field(
         "auto", description="Model weights: int8 (auto on a CPU with AVX2), bf16, or fp32 (exact).")
     allowed_roots: list[Path] = Field(default_factory=list, description="Folders the UI may index; default: home.")
+    open_without_login: bool = Field(
+        False, description="Serve a non-loopback address without users (only where something else guards it, "
+        "such as the compose file's port published on the host's loopback).")
     shared_data: Path = Field(PROJECT_ROOT.parent / "shared" / "data",
                               description="Evaluation and training texts (benchmarks and conversion only).")
 
@@ -71,6 +74,11 @@ class Settings(BaseSettings):
     @property
     def indexes(self) -> Path:
         return self.index_dir or self.data_dir / "indexes"
+
+    @property
+    def recall_dir(self) -> Path:
+        """Each session's index of its own messages (memory/recall.py)."""
+        return self.data_dir / "recall"
 
     @property
     def cache_dir(self) -> Path:

@@ -13,7 +13,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 from sqlalchemy.pool import StaticPool
 
-import memory.models  # noqa: F401  (every table on the shared metadata)
+import memory.models
+import memory.users  # noqa: F401
 import retrieval.catalog  # noqa: F401
 from memory.db import Base, make_engine
 

@@ -82,6 +82,7 @@ class TurnOptions:
     min_p: float = defaults.MIN_P
     loop_stop: int = defaults.LOOP_STOP
     model: str | None = None  # None: settings.model
+    stop: tuple[str, ...] = ()  # the answer ends before the first of these strings (OpenAI's `stop`)
 
     def sampling(self) -> Any:
         """The backbone's SamplingConfig for these options (ValueError when one is out of range)."""
@@ -156,7 +157,7 @@ class ChatEngine:
         database = None if store is not None and retrieval is not None else open_database(settings.db_url)
         self.store = store or SessionStore(database)
         self.retrieval = retrieval or Retrieval(database, settings.indexes)
-        self.recall = SessionRecall(self.store, self.retrieval.embedder, settings.data_dir / "recall",
+        self.recall = SessionRecall(self.store, self.retrieval.embedder, settings.recall_dir,
                                     new_index=_new_index, load_index=_load_index)
         self._states: OrderedDict[int, _Cached] = OrderedDict()
         self._cached_states = cached_states
@@ -383,7 +384,7 @@ class ChatEngine:
 
         fork = loaded.state.clone()
         sampling = options.sampling()
-        steps = generation_steps(model, prompt.ids, fork, sampling, ticket)
+        steps = generation_steps(model, prompt.ids, fork, sampling, ticket, options.stop or None)
         first_token_s = None
         while True:
             try:

@@ -1,13 +1,14 @@
-"""Load test of the web app: concurrent chat clients over loopback HTTP, each in its own session.
+"""Load test of the OpenAI-compatible API: concurrent clients over loopback HTTP, each in its own session.
 
-Starts the real app in this process (teacher, SQLite, the fixture repo indexed as a collection), then:
+Starts the real app in this process (the configured model, student by default; SQLite; the fixture repo
+indexed as a collection), then asks with the official `openai` client, streaming:
 1. baseline: one client asking questions one after another;
-2. N concurrent clients (gradio_client, one session each) asking for a bounded time, once with the queue
-   taking turns token by token (round-robin over up to 4 answers) and once first-come-first-served.
-Reported per phase: requests, failures, lost requests (submitted without a final answer), p50/p99
-time to first token, per-answer decode tokens/s and total tokens/s; ratios against the baseline.
+2. N concurrent clients (16 by default) asking for a fixed time.
+Each client continues a session of its own through `rillet.session_id` and retrieves from the collection.
+Reported per phase: requests, answered, failed, lost (sent without a final answer), p50/p99 time to
+first token, per-answer decode tokens/s and total tokens/s; ratios against the baseline.
 
-    python -m bench.load [--clients 8] [--seconds 60] [--max-new-tokens 24]
+    python -m bench.load [--clients 16] [--seconds 60] [--max-new-tokens 24] [--model student]
 """
 
 from __future__ import annotations
@@ -61,13 +62,12 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def client_loop(url: str, phase: Phase, deadline: float, requests: int | None, max_new_tokens: int,
-                lock: threading.Lock, index: int) -> None:
+def client_loop(url: str, session_id: int, model: str, phase: Phase, deadline: float, requests: int | None,
+                max_new_tokens: int, lock: threading.Lock, index: int) -> None:
     """Ask questions in one session until the deadline (or `requests` answers); record each answer."""
-    from gradio_client import Client
+    import openai
 
-    client = Client(url, verbose=False)
-    session = client.predict(title=f"load {phase.name} {index}", collection="kettle", api_name="/create_session")
+    client = openai.OpenAI(base_url=f"{url}v1", api_key="loopback", timeout=600, max_retries=0)
     asked = 0
     while time.monotonic() < deadline and (requests is None or asked < requests):
         question = QUESTIONS[(index + asked) % len(QUESTIONS)]
@@ -75,36 +75,42 @@ def client_loop(url: str, phase: Phase, deadline: float, requests: int | None, m
         with lock:
             phase.submitted += 1
         started = time.perf_counter()
-        first = None
+        first = last = None
+        usage = finish = None
         try:
-            final = None
-            for update in client.submit(session_id=session["id"], message=question,
-                                        max_new_tokens=max_new_tokens, api_name="/ask"):
-                if first is None and update.get("text"):
-                    first = time.perf_counter() - started
-                if update.get("done"):
-                    final = update
-            if final is None:
-                raise RuntimeError("the stream ended without a final answer")
+            stream = client.chat.completions.create(
+                model=model, stream=True, stream_options={"include_usage": True}, max_tokens=max_new_tokens,
+                messages=[{"role": "user", "content": question}], extra_body={"rillet": {"session_id": session_id}})
+            for chunk in stream:
+                now = time.perf_counter() - started
+                if chunk.choices and chunk.choices[0].delta.content:
+                    first = now if first is None else first
+                    last = now
+                if chunk.choices and chunk.choices[0].finish_reason:
+                    finish = chunk.choices[0].finish_reason
+                if chunk.usage:
+                    usage = chunk.usage
+            if finish is None or usage is None:
+                raise RuntimeError("the stream ended without a finish reason and usage")
         except Exception as exc:  # counted and reported, never hidden
             with lock:
                 phase.failed.append(f"{type(exc).__name__}: {exc}")
             continue
-        decode_s = final["seconds"] - (final["first_token_s"] or final["seconds"])
         with lock:
             phase.ttft.append(first if first is not None else time.perf_counter() - started)
-            phase.tokens += final["answer_tokens"]
-            if decode_s > 0 and final["answer_tokens"] > 1:
-                phase.decode_rates.append((final["answer_tokens"] - 1) / decode_s)
+            phase.tokens += usage.completion_tokens
+            if first is not None and last is not None and last > first and usage.completion_tokens > 1:
+                phase.decode_rates.append((usage.completion_tokens - 1) / (last - first))
 
 
-def run_phase(url: str, name: str, clients: int, seconds: float, requests: int | None,
+def run_phase(url: str, sessions: list[int], model: str, name: str, seconds: float, requests: int | None,
               max_new_tokens: int) -> Phase:
-    phase, lock = Phase(name, clients), threading.Lock()
+    phase, lock = Phase(name, len(sessions)), threading.Lock()
     started = time.perf_counter()
     deadline = time.monotonic() + seconds
-    threads = [threading.Thread(target=client_loop, args=(url, phase, deadline, requests, max_new_tokens, lock, i))
-               for i in range(clients)]
+    threads = [threading.Thread(target=client_loop, args=(url, session, model, phase, deadline, requests,
+                                                          max_new_tokens, lock, i))
+               for i, session in enumerate(sessions)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -125,10 +131,11 @@ def row(phase: Phase, base: Phase) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=60.0, help="Duration of each concurrent phase.")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=60.0, help="Duration of the concurrent phase.")
     parser.add_argument("--baseline-requests", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--model", choices=["student", "teacher"], default="student")
     args = parser.parse_args()
 
     import socket
@@ -140,29 +147,27 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="rillet-load-"))
     shutil.copytree(FIXTURE, work / "folders" / "kettle")
-    settings = Settings(data_dir=work / "data", model="teacher", allowed_roots=[work / "folders"])
-    registry = ModelRegistry(settings)
-    configured = get_settings()  # the user's model cache, so the GGUF is not converted again
-    from backbone.loader import load_model
-
-    registry.adopt("teacher", load_model("teacher", gguf_path=configured.model_path, cache_dir=configured.cache_dir))
+    settings = Settings(data_dir=work / "data", model=args.model, allowed_roots=[work / "folders"])
+    registry = ModelRegistry(get_settings(model=args.model))  # the user's model caches: no new calibration
     engine = ChatEngine(settings, registry=registry)
+    served = engine.served(args.model)
     engine.index_folder(str(work / "folders" / "kettle"), "kettle")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     demo = launch(engine, "127.0.0.1", port, block=False)
     url = f"http://127.0.0.1:{port}/"
+
+    def sessions(count: int, name: str) -> list[int]:
+        return [engine.create_session(f"load {name} {i}", "kettle").id for i in range(count)]
+
     load_before = os.getloadavg()[0]
     try:
-        run_phase(url, "warm-up", 1, 60, 1, 4)
-        base = run_phase(url, "baseline: 1 client", 1, 1e9, args.baseline_requests, args.max_new_tokens)
-        registry.scheduler.max_active = 4
-        shared = run_phase(url, f"{args.clients} clients, round-robin (4 at a time)", args.clients, args.seconds,
-                           None, args.max_new_tokens)
-        registry.scheduler.max_active = 1
-        fifo = run_phase(url, f"{args.clients} clients, first come first served", args.clients, args.seconds,
-                         None, args.max_new_tokens)
+        run_phase(url, sessions(1, "warm-up"), args.model, "warm-up", 300, 1, 4)
+        base = run_phase(url, sessions(1, "baseline"), args.model, "baseline: 1 client", 1e9,
+                         args.baseline_requests, args.max_new_tokens)
+        crowd = run_phase(url, sessions(args.clients, "crowd"), args.model, f"{args.clients} clients",
+                          args.seconds, None, args.max_new_tokens)
     finally:
         demo.close()
         engine.close()
@@ -173,16 +178,19 @@ def main() -> None:
     header = ("| phase | clients | requests | answered | failed | lost | TTFT p50 s | TTFT p99 s | p50 / baseline "
               "| decode tok/s (median) | / baseline | total tok/s | / baseline |\n"
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    table = "\n".join([header, row(base, base), row(shared, base), row(fifo, base)])
-    failures = [f"- {phase.name}: {message}" for phase in (base, shared, fifo) for message in phase.failed[:5]]
-    report = (f"# Load test: concurrent chat clients on loopback\n\n"
+    table = "\n".join([header, row(base, base), row(crowd, base)])
+    failures = [f"- {phase.name}: {message}" for phase in (base, crowd) for message in phase.failed[:5]]
+    report = (f"# Load test: concurrent clients of the OpenAI-compatible API on loopback\n\n"
               f"Command: `python -m bench.load --clients {args.clients} --seconds {args.seconds:g} "
-              f"--max-new-tokens {args.max_new_tokens}`. Teacher (float32, CPU), SQLite, the fixture repo "
-              f"(4 files) as the collection, top-k 4; each client has its own session, so later questions also "
-              f"read the earlier turns. Every request goes through gradio_client over HTTP.\n"
-              f"Load average (1 min) on this shared 2-core machine: {load_before:.1f} before, "
+              f"--max-new-tokens {args.max_new_tokens} --model {args.model}`. Model: {served.label} "
+              f"({served.device}, {served.precision}); SQLite; the fixture repo (4 files) as the collection, top-k "
+              f"4. Each client is the official `openai` client streaming `POST /v1/chat/completions` over HTTP and "
+              f"continues a session of its own (`rillet.session_id`), so later questions also read the earlier "
+              f"turns from the saved state. The scheduler answers up to 4 at a time, token by token; the rest "
+              f"wait in line.\nLoad average (1 min) on this shared 2-core machine: {load_before:.1f} before, "
               f"{load_after:.1f} after.\nBaseline: one client alone, measured in the same run. TTFT is measured "
-              f"by the client, from submitting to the first text; decode tok/s per answer after its first token."
+              f"by the client, from sending to the first text; decode tok/s per answer after its first token; "
+              f"lost = sent without a final answer."
               f"\n\n{table}\n" + ("\nFailures:\n" + "\n".join(failures) + "\n" if failures else ""))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(report)

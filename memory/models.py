@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+import memory.users  # noqa: F401  (the owners of sessions, on a server with accounts)
 from memory.db import Base, utcnow
 
 

@@ -73,6 +73,11 @@ def _digest(message: ChatMessage) -> str:
     return hashlib.sha256(f"{message.role}\n{message.text}".encode()).hexdigest()[:16]
 
 
+def recall_paths(folder: Path, session_id: int) -> tuple[Path, Path]:
+    """The files of one session's recall index: the vectors, and the digests of what they hold."""
+    return Path(folder) / f"session-{session_id}.index", Path(folder) / f"session-{session_id}.json"
+
+
 class SessionRecall:
     """Keeps one vector index per session in `folder` and searches it."""
 
@@ -82,7 +87,7 @@ class SessionRecall:
         self.new_index, self.load_index = new_index, load_index
 
     def _paths(self, session_id: int) -> tuple[Path, Path]:
-        return self.folder / f"session-{session_id}.index", self.folder / f"session-{session_id}.json"
+        return recall_paths(self.folder, session_id)
 
     def _open(self, session_id: int) -> tuple[VectorIndex | None, dict[str, tuple[str, int]]]:
         """The index and, per indexed ordinal, (text digest, passage count)."""

@@ -36,6 +36,7 @@ class SessionInfo:
     branch_point: int | None
     created_at: datetime
     updated_at: datetime
+    owner_id: int | None = None  # the user it belongs to, on a server with accounts
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from memory.policy import SnapshotPolicy
 from memory.records import ROLES, ChatMessage, LoadedSession, SessionInfo, SnapshotInfo
 from memory.text import check_text, one_line
 from memory.transcript import ChatModel, replay
+from memory.users import SessionOwner
 
 log = logging.getLogger(__name__)
 ID_MAX = 2**31 - 1  # sessions.id is an INTEGER column: 32 bits on PostgreSQL (SQLite's 64 bits hold more)
@@ -83,12 +84,13 @@ class SessionStore:
     def _infos(self, db: Session, *where: Any, limit: int | None = None, offset: int = 0) -> list[SessionInfo]:
         count = (select(func.count(Message.id)).where(Message.session_id == ChatSession.id)
                  .correlate(ChatSession).scalar_subquery())
-        stmt = (select(ChatSession, count).where(*where)
+        owner = select(SessionOwner.user_id).where(SessionOwner.session_id == ChatSession.id).correlate(ChatSession)
+        stmt = (select(ChatSession, count, owner.scalar_subquery()).where(*where)
                 .order_by(ChatSession.updated_at.desc(), ChatSession.id.desc()).offset(offset).limit(limit)
                 .execution_options(populate_existing=True))
         return [SessionInfo(s.id, s.title, s.collection, s.system_prompt, s.model_fingerprint, s.token_count,
-                            s.version, n, s.parent_id, s.branch_point, s.created_at, s.updated_at)
-                for s, n in db.execute(stmt)]
+                            s.version, n, s.parent_id, s.branch_point, s.created_at, s.updated_at, owner)
+                for s, n, owner in db.execute(stmt)]
 
     def _info(self, db: Session, session_id: int) -> SessionInfo:
         found = self._infos(db, ChatSession.id == _session_id(session_id))
@@ -100,12 +102,14 @@ class SessionStore:
         with self._db() as db:
             return self._info(db, session_id)
 
-    def list_sessions(self, limit: int = 20, offset: int = 0) -> list[SessionInfo]:
-        """Sessions, most recently changed first."""
+    def list_sessions(self, limit: int = 20, offset: int = 0, *, owner_id: int | None = None) -> list[SessionInfo]:
+        """Sessions, most recently changed first (with `owner_id`: that user's only)."""
         if limit < 1 or offset < 0:
             raise ValueError("limit must be at least 1 and offset at least 0.")
+        where = [] if owner_id is None else [ChatSession.id.in_(
+            select(SessionOwner.session_id).where(SessionOwner.user_id == owner_id))]
         with self._db() as db:
-            return self._infos(db, limit=limit, offset=offset)
+            return self._infos(db, *where, limit=limit, offset=offset)
 
     def messages(self, session_id: int) -> list[ChatMessage]:
         session_id = _session_id(session_id)
@@ -127,11 +131,13 @@ class SessionStore:
     # Changing sessions --------------------------------------------------------------------------------
 
     def create(self, title: str = "New chat", *, collection: str | None = None,
-               system_prompt: str | None = None) -> SessionInfo:
+               system_prompt: str | None = None, owner_id: int | None = None) -> SessionInfo:
         with self._db.begin() as db:
             row = ChatSession(title=_title(title), collection=collection, system_prompt=system_prompt or None)
             db.add(row)
             db.flush()
+            if owner_id is not None:
+                db.add(SessionOwner(session_id=row.id, user_id=owner_id))
             return self._info(db, row.id)
 
     def rename(self, session_id: int, title: str) -> SessionInfo:
@@ -143,6 +149,15 @@ class SessionStore:
         """Which collection the session searches; not part of the transcript, so the version stays."""
         with self._db.begin() as db:
             self._claim(db, session_id, None, bump=False, collection=collection or None)
+            return self._info(db, session_id)
+
+    def set_owner(self, session_id: int, owner_id: int | None) -> SessionInfo:
+        """Give the session to a user (None: to nobody); not part of the transcript, so the version stays."""
+        with self._db.begin() as db:
+            self._claim(db, session_id, None, bump=False)
+            db.execute(delete(SessionOwner).where(SessionOwner.session_id == session_id))
+            if owner_id is not None:
+                db.add(SessionOwner(session_id=session_id, user_id=owner_id))
             return self._info(db, session_id)
 
     def delete(self, session_id: int) -> None:
@@ -365,6 +380,8 @@ class SessionStore:
                 db.add(row)
                 db.flush()
                 target = row.id
+                if info.owner_id is not None:  # a branch belongs to whoever owns the session
+                    db.add(SessionOwner(session_id=target, user_id=info.owner_id))
                 self._add_messages(db, target, 0, messages)
             else:
                 target = session_id

@@ -23,6 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+import memory.users  # noqa: F401  (the users who own collections)
 from memory.db import Base, utcnow
 
 
@@ -42,6 +43,16 @@ class Collection(Base):
     files: Mapped[list[File]] = relationship(
         back_populates="collection", cascade="all, delete-orphan", passive_deletes=True
     )
+
+
+class CollectionOwner(Base):
+    """Who made a collection, on a server with accounts: every user may search it, only its owner may delete
+    it. A collection made before there were users has no row."""
+
+    __tablename__ = "collection_owners"
+
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
 
 
 class File(Base):

@@ -94,11 +94,16 @@ class _Record:
 
 
 class LoginThrottle:
-    """Gradio's `auth` callable for one `user:password`, throttled per client and user name."""
+    """Gradio's `auth` callable, throttled per client and user name: for one `user:password`, or for the
+    accounts of the database (`verify(name, password)`)."""
 
-    def __init__(self, user: str, password: str, *, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, user: str | None = None, password: str | None = None, *,
+                 verify: Callable[[str, str], bool] | None = None, clock: Callable[[], float] = time.monotonic,
                  free_attempts: int = FREE_ATTEMPTS) -> None:
+        if verify is None and not (user and password):
+            raise ValueError("LoginThrottle needs a user and password, or verify")
         self.user, self.password = user, password
+        self.verify = verify or self._matches
         self.clock, self.free = clock, free_attempts
         self._records: dict[tuple[str, str | None], _Record] = {}
         self._lock = threading.Lock()
@@ -116,8 +121,9 @@ class LoginThrottle:
             if any(now < record.wait_until(free) for record, free in records):
                 log.warning("login of %r from %s refused: too many wrong passwords, wait", username, client)
                 return False
-            right = hmac.compare_digest(username.encode(), self.user.encode()) & \
-                hmac.compare_digest(password.encode(), self.password.encode())
+        right = self.verify(username, password)  # outside the lock: a password hash takes a while
+        with self._lock:
+            records = [(self._records.setdefault(key, _Record()), free) for key, free in keys]
             if right:
                 self._records.pop((client, username), None)
                 return True
@@ -126,6 +132,11 @@ class LoginThrottle:
                 record.last_failure = now
             log.warning("wrong password for %r from %s (%d in a row)", username, client, records[0][0].failures)
             return False
+
+    def _matches(self, username: str, password: str) -> bool:
+        assert self.user is not None and self.password is not None
+        return hmac.compare_digest(username.encode(), self.user.encode()) & \
+            hmac.compare_digest(password.encode(), self.password.encode())
 
     def seconds_to_wait(self, client: str, username: str) -> float:
         now = self.clock()
@@ -138,6 +149,75 @@ class LoginThrottle:
         """Records of clients quiet for longer than the longest wait (the dictionary stays small)."""
         if len(self._records) > 10_000:
             self._records = {k: r for k, r in self._records.items() if now - r.last_failure < 2 * MAX_DELAY_S}
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer TOKEN` header."""
+    scheme, _, token = (authorization or "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+API_KEY_NAME = "(API key)"  # the throttle's user name for API key attempts
+
+
+def _missing_key() -> Exception:
+    from ui.openai_schema import ApiError
+
+    return ApiError(401, "This server needs an API key: send `Authorization: Bearer KEY` (the OpenAI clients' "
+                    "api_key). `rillet users key NAME` makes one.", type="authentication_error",
+                    code="missing_api_key")
+
+
+def _wrong_key() -> Exception:
+    from ui.openai_schema import ApiError
+
+    return ApiError(401, "Wrong API key (or too many wrong ones from your address: wait and try again). "
+                    "`rillet users key NAME` makes a new one.", type="authentication_error", code="invalid_api_key")
+
+
+def api_access(throttle: LoginThrottle | None) -> Callable[[str | None, str], str | None]:
+    """How the OpenAI-compatible API checks its callers without accounts. Without a credential, everyone who
+    reaches the port (a loopback one) may use it; with `user:password`, the API key is the password,
+    throttled like the page."""
+
+    def check(authorization: str | None, client: str) -> str | None:
+        if throttle is None:
+            return None
+        token = bearer_token(authorization)
+        if token is None:
+            raise _missing_key()
+        if not throttle.attempt(client, throttle.user or "", token):
+            raise _wrong_key()
+        return None
+
+    return check
+
+
+def key_access(accounts: Any, throttle: LoginThrottle) -> Callable[[str | None, str], str | None]:
+    """How the API checks its callers on a server with accounts: each user's own API keys (memory/users.py),
+    wrong ones slowed down per client by `throttle` (whose `verify` takes the key as the password)."""
+
+    def check(authorization: str | None, client: str) -> str | None:
+        token = bearer_token(authorization)
+        if token is None:
+            raise _missing_key()
+        if not throttle.attempt(client, API_KEY_NAME, token):
+            raise _wrong_key()
+        user = accounts.user_for_key(token)
+        if user is None:  # revoked between the two looks
+            raise _wrong_key()
+        return user.name
+
+    return check
+
+
+def account_throttles(accounts: Any, clock: Callable[[], float] = time.monotonic) -> tuple[LoginThrottle,
+                                                                                             LoginThrottle]:
+    """The page's login and the API's key check over the accounts of a database."""
+    page = LoginThrottle(verify=lambda name, password: accounts.check_password(name, password) is not None,
+                         clock=clock)
+    keys = LoginThrottle(verify=lambda _, key: accounts.user_for_key(key) is not None, clock=clock)
+    return page, keys
 
 
 class RememberClient:
