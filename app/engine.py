@@ -28,7 +28,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -364,8 +364,11 @@ class ChatEngine:
 
     def regenerate(self, session_id: int, options: TurnOptions | None = None) -> Ticket:
         """Queue a new answer to the last question (with these options); the old answer is kept as an
-        alternative. Iterate the ticket as for `ask`."""
+        alternative. Iterate the ticket as for `ask`. At temperature 0 it samples (defaults.REGENERATE_TEMPERATURE),
+        since greedy decoding would write the same answer again."""
         options = options or TurnOptions()
+        if options.temperature == 0:
+            options = replace(options, temperature=defaults.REGENERATE_TEMPERATURE)
         served = self.served(options.model)
         self._last_question(self.store.messages(session_id))  # TurnRefused at once when there is none
         started = time.perf_counter()
