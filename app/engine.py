@@ -441,7 +441,11 @@ class ChatEngine:
             raise TurnRefused(f"Message {ordinal} is not a question of this session; it has {questions} "
                               "question(s) to edit.")
         view = self.branch(session_id, ordinal, options.model)
-        return view, self.ask(view.info.id, message, options)
+        try:
+            return view, self.ask(view.info.id, message, options)
+        except BaseException:  # refused (a deleted collection, ...): no empty branch is left behind
+            self.delete_session(view.info.id)
+            raise
 
     def cancel(self, session_id: int) -> int:
         """Stop the session's running or waiting turns; the number of turns stopped."""

@@ -11,6 +11,7 @@ import pytest
 from app.chat.scheduler import Failed, Finished
 from app.engine import ChatEngine, TurnOptions, TurnRefused, TurnResult
 from memory.transcript import replay
+from tests.app.conftest import FIXTURE_REPO
 from tests.app.test_engine import SHORT, assert_same_state, cached_state, run_turn
 
 SAMPLED = TurnOptions(max_new_tokens=6, source_tokens=400, temperature=1.0, seed=7)
@@ -97,6 +98,15 @@ def test_editing_a_question_branches_and_leaves_the_original_as_it_was(engine: C
     assert engine.messages(branch.info.id)[-1].text == result.answer
     assert_state_is_the_transcript(engine, branch.info.id, tiny)
     assert (engine.messages(session_id), engine.store.get(session_id)) == original
+
+    engine.index_folder(str(FIXTURE_REPO), "kettle")
+    engine.set_collection(session_id, "kettle")
+    engine.delete_collection("kettle")
+    sessions = len(engine.list_sessions())
+    with pytest.raises(TurnRefused, match="which was deleted"):
+        engine.edit(session_id, 0, "And a samovar?", SHORT)
+    assert len(engine.list_sessions()) == sessions  # refused: no empty branch left behind
+    engine.set_collection(session_id, None)
 
     first = engine.branch(session_id, 0)  # from the very start: only the system prompt
     assert first.messages == [] and first.info.parent_id == session_id
