@@ -152,3 +152,47 @@ def test_concurrent_regenerates_lose_nothing(make_engine: Any, tiny: Any, db_url
 
 def engine_last(engine: ChatEngine, session_id: int) -> str:
     return engine.messages(session_id)[-1].text
+
+
+def test_the_page_refuses_what_cannot_be_done_and_keeps_what_it_showed(make_engine: Any, tiny: Any) -> None:
+    """The page's handlers (ui/app.py) on the tiny model: advice as it is, the chat as it was, no branch made."""
+    import gradio as gr
+
+    from ui import render
+    from ui.app import Page
+
+    engine = make_engine(tiny)
+    page = Page(engine)
+    session = engine.create_session()
+    settings = (0, 0.0, 8, "teacher")
+    shown = list(page.regenerate(session.id, [], *settings))[-1]
+    assert shown.notice == "⚠️ There is no answer to regenerate yet; ask a question first."
+    assert page.undo(session.id, "teacher").notice == "⚠️ There is no turn to undo in this session."
+
+    run_turn(engine, session.id, "What does a kettle do?")
+    history = render.chat_history(engine.messages(session.id))
+
+    def edit(index: int, value: str) -> Any:
+        data = gr.EditData(None, {"index": index, "value": value, "previous_value": history[index]["content"]})
+        return list(page.edit(data, session.id, history, *settings))[-1]
+
+    sessions = len(engine.list_sessions())
+    assert edit(1, "a new answer").notice.startswith("⚠️ Only your questions can be edited")
+    assert edit(0, "   ").notice == "⚠️ The message is empty; type a question first."
+    assert edit(0, "   ").chat == history and len(engine.list_sessions()) == sessions
+
+    updates = page.regenerate(session.id, history, *settings)
+    assert next(updates).chat[-1]["content"] == "…"  # the old answer makes way while the new one streams
+    regenerated = list(updates)
+    assert regenerated[-1].answer_page == "answer 2/2" and regenerated[-1].notice == ""
+    back = page.page_answer(session.id, -1, "teacher")
+    assert back.answer_page == "answer 1/2" and back.chat == history  # the first answer, exactly as it was shown
+    assert "Last turn" in regenerated[-1].status
+
+    data = gr.EditData(None, {"index": 0, "value": "What does a samovar do?", "previous_value": "x"})
+    switched, *_, branched = list(page.edit(data, session.id, history, *settings))
+    branch = engine.store.get(branched.session)
+    assert branch.parent_id == session.id and switched.remembered == branch.id  # the page opens the branch
+    assert branched.chat[0]["content"] == "What does a samovar do?"
+    assert "Asked in a new branch" in branched.notice and "⚠️" not in branched.notice
+    assert engine.messages(session.id)[0].text == "What does a kettle do?"
