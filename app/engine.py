@@ -14,6 +14,11 @@ For each turn, on the model's queue (app/chat/scheduler.py):
    pieces `memory.transcript.replay` would read, so a rebuilt state is identical), then store the turn
    and the state in one transaction. Passages never enter the persistent state.
 Stop keeps the answer as far as it got: it is committed like any other, marked as stopped.
+
+Going back costs a snapshot load plus a short re-read, never the whole transcript: `regenerate` answers
+the last question again from the state before it (the old answer stays, selectable with
+`choose_answer`), `undo` removes the last turn, `branch` and `edit` start a new session from an earlier
+turn, leaving the original as it was (memory.sessions.SessionStore.state_at / branch / choose).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +46,7 @@ from backbone.errors import InvalidRequest, UserError
 from memory.errors import SessionConflictError, SessionNotFoundError
 from memory.limits import MAX_MESSAGE_CHARS
 from memory.recall import SessionRecall
-from memory.records import ChatMessage, LoadedSession, SessionInfo
+from memory.records import ChatMessage, LoadedSession, SessionInfo, Variants
 from memory.sessions import SessionStore
 from memory.text import clean_message
 from memory.transcript import feed
@@ -124,6 +129,25 @@ class TurnResult:
     state_tokens: int
     state_bytes: int
     notice: str | None = None
+    last_token_s: float | None = None  # when the last answer token came, from the start of the turn
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        """Answer tokens per second after the first one: the decoding speed the user saw."""
+        if self.first_token_s is None or self.last_token_s is None or self.answer_tokens < 2:
+            return None
+        elapsed = self.last_token_s - self.first_token_s
+        return (self.answer_tokens - 1) / elapsed if elapsed > 0 else None
+
+
+@dataclass(frozen=True)
+class _Start:
+    """Where a turn starts: the state before the user's message, the messages before it, and (when an
+    answer is regenerated) the ordinal of the answer the new one replaces."""
+
+    loaded: LoadedSession
+    message: str
+    replaces: int | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +160,7 @@ class SessionView:
     state_tokens: int
     state_bytes: int
     replayed_tokens: int  # transcript tokens re-read to build the state (0: from a snapshot or the cache)
+    variants: dict[int, Variants] | None = None  # places with regenerated answers, by ordinal
 
 
 @dataclass
@@ -236,11 +261,18 @@ class ChatEngine:
 
         self.registry.scheduler.run(job, key=_key(session_id))
         assert loaded is not None
+        return self._view(loaded)
+
+    def _view(self, loaded: LoadedSession) -> SessionView:
         return SessionView(loaded.info, loaded.messages, loaded.notice, loaded.state.num_tokens, loaded.state.nbytes,
-                           loaded.replayed_tokens)
+                           loaded.replayed_tokens, self.store.variants(loaded.info.id))
 
     def messages(self, session_id: int) -> list[ChatMessage]:
         return self.store.messages(session_id)
+
+    def variants(self, session_id: int) -> dict[int, Variants]:
+        """The places where an answer was regenerated, each with every answer written there."""
+        return self.store.variants(session_id)
 
     def _load(self, session_id: int, served: ServedModel) -> LoadedSession:
         """Runs on the model queue. Uses the cached state while the session's version is unchanged."""
@@ -334,6 +366,91 @@ class ChatEngine:
             self._tickets = [t for t in self._tickets if not t.done] + [ticket]
         return ticket
 
+    def regenerate(self, session_id: int, options: TurnOptions | None = None) -> Ticket:
+        """Queue a new answer to the last question (with these options); the old answer is kept as an
+        alternative. Iterate the ticket as for `ask`. At temperature 0 it samples (defaults.REGENERATE_TEMPERATURE),
+        since greedy decoding would write the same answer again."""
+        options = options or TurnOptions()
+        if options.temperature == 0:
+            options = replace(options, temperature=defaults.REGENERATE_TEMPERATURE)
+        served = self.served(options.model)
+        self._last_question(self.store.messages(session_id))  # TurnRefused at once when there is none
+        started = time.perf_counter()
+        ticket = self.registry.scheduler.submit(
+            lambda t: self._turn(t, session_id, "", options, served, started, regenerate=True), key=_key(session_id))
+        with self._tickets_lock:
+            self._tickets = [t for t in self._tickets if not t.done] + [ticket]
+        return ticket
+
+    @staticmethod
+    def _last_question(messages: list[ChatMessage]) -> int:
+        """The ordinal of the question whose answer ends the transcript."""
+        if len(messages) < 2 or messages[-1].role != "assistant" or messages[-2].role != "user":
+            raise TurnRefused("There is no answer to regenerate yet; ask a question first.")
+        return len(messages) - 2
+
+    def choose_answer(self, session_id: int, variant: int, model: str | None = None) -> SessionView:
+        """Make answer `variant` (0: the first written) of the last question the one the session holds."""
+        served = self.served(model)
+
+        def job(ticket: Ticket) -> Iterator[None]:
+            messages = self.store.messages(session_id)
+            if not messages:
+                raise TurnRefused("This session has no answer yet.")
+            self._forget_state(session_id)
+            loaded = self.store.choose(session_id, len(messages) - 1, variant, served.model)
+            self._remember(session_id, served.model.fingerprint, loaded.version, loaded.state)
+            yield None
+            return loaded
+
+        return self._view(self.registry.scheduler.run(job, key=_key(session_id)))
+
+    def undo(self, session_id: int, model: str | None = None) -> SessionView:
+        """Delete the last turn (the last question and what answered it); the state goes back with it."""
+        served = self.served(model)
+
+        def job(ticket: Ticket) -> Iterator[None]:
+            questions = [i for i, m in enumerate(self.store.messages(session_id)) if m.role == "user"]
+            if not questions:
+                raise TurnRefused("There is no turn to undo in this session.")
+            self._forget_state(session_id)
+            loaded = self.store.branch(session_id, questions[-1], served.model, fork=False, progress=False)
+            self._remember(session_id, served.model.fingerprint, loaded.version, loaded.state)
+            yield None
+            return loaded
+
+        return self._view(self.registry.scheduler.run(job, key=_key(session_id)))
+
+    def branch(self, session_id: int, keep: int, model: str | None = None) -> SessionView:
+        """A new session holding the first `keep` messages of this one (which stays as it is), ready to chat."""
+        served = self.served(model)
+
+        def job(ticket: Ticket) -> Iterator[None]:
+            loaded = self.store.branch(session_id, keep, served.model, fork=True, progress=False)
+            self._remember(loaded.info.id, served.model.fingerprint, loaded.version, loaded.state)
+            yield None
+            return loaded
+
+        return self._view(self.registry.scheduler.run(job, key=_key(session_id)))
+
+    def edit(self, session_id: int, ordinal: int, message: str, options: TurnOptions | None = None
+             ) -> tuple[SessionView, Ticket]:
+        """Ask `message` instead of the question at `ordinal`, in a new branch from the turn before it; the
+        session itself stays as it is. The branch, and the ticket of its first turn."""
+        options = options or TurnOptions()
+        self.check_message(message, self.served(options.model))  # refused before any branch is made
+        messages = self.store.messages(session_id)
+        if not 0 <= ordinal < len(messages) or messages[ordinal].role != "user":
+            questions = sum(m.role == "user" for m in messages)
+            raise TurnRefused(f"Message {ordinal} is not a question of this session; it has {questions} "
+                              "question(s) to edit.")
+        view = self.branch(session_id, ordinal, options.model)
+        try:
+            return view, self.ask(view.info.id, message, options)
+        except BaseException:  # refused (a deleted collection, ...): no empty branch is left behind
+            self.delete_session(view.info.id)
+            raise
+
     def cancel(self, session_id: int) -> int:
         """Stop the session's running or waiting turns; the number of turns stopped."""
         with self._tickets_lock:
@@ -361,11 +478,27 @@ class ChatEngine:
             recalled = [Recollection(p.role, p.text) for p in found if p.ordinal < older][: options.recall_k]
         return sources, recalled
 
+    def _start(self, session_id: int, message: str, served: ServedModel, regenerate: bool) -> _Start:
+        """Runs on the model queue: the state a turn starts from. Regenerating starts before the last question,
+        from the nearest snapshot (the one after the previous turn, normally) and a re-read of what follows."""
+        if not regenerate:
+            return _Start(self._load(session_id, served), message)
+        for _ in range(3):
+            version = self.store.get(session_id).version  # first: the messages read next are at least as new
+            messages = self.store.messages(session_id)
+            question = self._last_question(messages)
+            loaded = self.store.state_at(session_id, question, served.model)
+            if loaded.version == version:  # else another writer came in between: read again
+                return _Start(loaded, messages[question].text, question + 1)
+        raise TurnRefused("This session keeps changing elsewhere (another tab or program); regenerate once it is "
+                          "quiet. Nothing was stored.")
+
     def _turn(self, ticket: Ticket, session_id: int, message: str, options: TurnOptions, served: ServedModel,
-              started: float, input_notice: str | None = None) -> Iterator[Any]:
+              started: float, input_notice: str | None = None, *, regenerate: bool = False) -> Iterator[Any]:
         """The turn itself, on the model queue: one yield per bounded piece of work."""
         model = served.model
-        loaded = self._load(session_id, served)
+        start = self._start(session_id, message, served, regenerate)
+        loaded, message = start.loaded, start.message
         yield None
         sources, recalled = self._retrieve(loaded.info, message, loaded.messages, options)
         room = None if model.max_context is None else model.max_context - loaded.state.num_tokens - CONTEXT_MARGIN
@@ -395,6 +528,7 @@ class ChatEngine:
             if piece.text and first_token_s is None:
                 first_token_s = time.perf_counter() - started
             yield piece
+        last_token_s = time.perf_counter() - started
         del fork
 
         text = clean_message(answer.text)[0].strip()  # what is stored is exactly what the state reads
@@ -405,11 +539,14 @@ class ChatEngine:
                                   loaded.state.nbytes, "Stopped before the answer began; nothing was stored.")
             text += STOPPED_NOTE
         citations = [s.to_dict() for s in prompt.sources]
-        info, state, notice = self._commit(session_id, loaded, served, message, text, citations)
+        if start.replaces is None:
+            info, state, notice = self._commit(session_id, loaded, served, message, text, citations)
+        else:
+            info, state, notice = self._commit_regenerated(session_id, start, served, text, citations)
         notice = " ".join(n for n in (input_notice, loaded.notice, notice) if n) or None
         return TurnResult(info, message, text, prompt.sources, answer.stop_reason, served.label, len(prompt.ids),
                           answer.generated_tokens, first_token_s, time.perf_counter() - started,
-                          state.num_tokens, state.nbytes, notice)
+                          state.num_tokens, state.nbytes, notice, last_token_s)
 
     def _commit(self, session_id: int, loaded: LoadedSession, served: ServedModel, message: str, answer: str,
                 citations: list[dict[str, Any]]) -> tuple[SessionInfo, Any, str | None]:
@@ -450,6 +587,45 @@ class ChatEngine:
             self.recall.sync(session_id)
         except Exception:
             log.exception("session %d: the recall index could not be brought up to date", session_id)
+
+    def _commit_regenerated(self, session_id: int, start: _Start, served: ServedModel, answer: str,
+                            citations: list[dict[str, Any]]) -> tuple[SessionInfo, Any, str | None]:
+        """Read the question and the new answer into the state from before the question and store it in place
+        of the last answer. If the session changed meanwhile (another tab or program regenerated too), the
+        answer is still added when the conversation up to the question is the same; else nothing is stored."""
+        model, loaded, ordinal = served.model, start.loaded, start.replaces
+        assert ordinal is not None
+        state = loaded.state
+        feed(model, state, [ChatMessage("user", start.message), ChatMessage("assistant", answer)])
+        asked = [(m.role, m.text) for m in loaded.messages] + [("user", start.message)]
+        version, notice = loaded.version, None
+        self._forget_state(session_id)
+        for attempt in range(2):
+            try:
+                info = self.store.replace_answer(session_id, ordinal, answer, state,
+                                                 model_fingerprint=model.fingerprint, expected_version=version,
+                                                 citations=citations)
+            except (SQLAlchemyError, UnicodeError) as exc:
+                log.error("session %d: the regenerated answer could not be stored", session_id, exc_info=exc)
+                raise TurnNotSaved(
+                    f"The new answer could not be saved: the database refused it ({_db_reason(exc)}). The "
+                    "session is as it was before; regenerate again.") from None
+            except SessionConflictError:
+                version = self.store.get(session_id).version
+                now = self.store.messages(session_id)
+                same = ([(m.role, m.text) for m in now[:ordinal]] == asked and len(now) == ordinal + 1
+                        and now[-1].role == "assistant")
+                if attempt or not same:
+                    raise TurnRefused("This session changed elsewhere (another tab or program) while the answer "
+                                      "was regenerated, and its last question is not the same any more. Nothing "
+                                      "was stored; open the session again.") from None
+                notice = ("This answer was also regenerated elsewhere meanwhile; both answers are kept as "
+                          "alternatives.")
+                continue
+            self._remember(session_id, model.fingerprint, info.version, state)
+            self._index_for_recall(session_id)
+            return info, state, notice
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         """Stop every turn of this engine (the shared model queue itself stays up)."""

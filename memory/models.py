@@ -52,8 +52,26 @@ class Message(Base):
     text: Mapped[str] = mapped_column(Text)
     citations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Which of the answers written at this place the transcript holds (the others: `Alternative` rows).
+    variant: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     session: Mapped[ChatSession] = relationship(back_populates="messages")
+
+
+class Alternative(Base):
+    """An answer that was regenerated at `ordinal` and is not the chosen one: kept so the user can page
+    back to it and choose it again. `variant` numbers the answers at one place in the order written."""
+
+    __tablename__ = "message_alternatives"
+    __table_args__ = (UniqueConstraint("session_id", "ordinal", "variant"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    ordinal: Mapped[int] = mapped_column(Integer)
+    variant: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    citations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class StateSnapshot(Base):

@@ -23,6 +23,16 @@ class ChatMessage:
 
 
 @dataclass(frozen=True)
+class Variants:
+    """Every answer written at one place of a transcript (regenerated ones too), in the order written;
+    `chosen` indexes the one the transcript, and so the session's state, holds."""
+
+    ordinal: int
+    answers: list[ChatMessage]
+    chosen: int
+
+
+@dataclass(frozen=True)
 class SessionInfo:
     id: int
     title: str

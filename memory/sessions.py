@@ -25,11 +25,11 @@ from memory.db import make_sessionmaker, utcnow
 from memory.errors import InvalidTranscriptError, SessionConflictError, SessionNotFoundError, SnapshotError
 from memory.exchange import from_json, to_json, to_markdown
 from memory.limits import TITLE_MAX
-from memory.models import ChatSession, Message, StateSnapshot
+from memory.models import Alternative, ChatSession, Message, StateSnapshot
 from memory.policy import SnapshotPolicy
-from memory.records import ROLES, ChatMessage, LoadedSession, SessionInfo, SnapshotInfo
+from memory.records import ROLES, ChatMessage, LoadedSession, SessionInfo, SnapshotInfo, Variants
 from memory.text import check_text, one_line
-from memory.transcript import ChatModel, replay
+from memory.transcript import ChatModel, feed, replay
 from memory.users import SessionOwner
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,27 @@ class SessionStore:
         with self._db() as db:
             rows = db.scalars(select(Message).where(Message.session_id == session_id).order_by(Message.ordinal))
             return [ChatMessage(m.role, m.text, m.citations, m.ordinal, m.created_at) for m in rows]
+
+    def variants(self, session_id: int) -> dict[int, Variants]:
+        """The places (by ordinal) where more than one answer was written, each with all of its answers."""
+        session_id = _session_id(session_id)
+        with self._db() as db:
+            others = db.scalars(select(Alternative).where(Alternative.session_id == session_id)).all()
+            if not others:
+                return {}
+            chosen = db.scalars(select(Message).where(Message.session_id == session_id,
+                                                      Message.ordinal.in_({a.ordinal for a in others}))).all()
+            written: dict[int, list[tuple[int, ChatMessage]]] = {}
+            for row in [*others, *chosen]:
+                message = ChatMessage("assistant", row.text, row.citations, row.ordinal, row.created_at)
+                written.setdefault(row.ordinal, []).append((row.variant, message))
+            current = {m.ordinal: m.variant for m in chosen}
+        result = {}
+        for ordinal, answers in written.items():
+            answers.sort(key=lambda pair: pair[0])
+            order = [variant for variant, _ in answers]
+            result[ordinal] = Variants(ordinal, [m for _, m in answers], order.index(current[ordinal]))
+        return result
 
     def snapshots(self, session_id: int) -> list[SnapshotInfo]:
         """Stored states of a session, oldest first, without their blobs."""
@@ -238,6 +259,79 @@ class SessionStore:
             self._prune(db, session_id, model_fingerprint, drop_other_models=True)
             return self._info(db, session_id)  # read under the lock: the version that matches `state`
 
+    @staticmethod
+    def _last_answer(db: Session, session_id: int, ordinal: int, doing: str) -> Message:
+        """The message at `ordinal`, which must be the session's last one and an answer."""
+        last = db.scalar(select(Message).where(Message.session_id == session_id)
+                         .order_by(Message.ordinal.desc()).limit(1))
+        if last is None or last.ordinal != ordinal or last.role != "assistant":
+            raise InvalidTranscriptError(f"Only the last answer can be {doing}; message {ordinal} of session "
+                                         f"{session_id} is not the last answer.")
+        return last
+
+    def replace_answer(self, session_id: int, ordinal: int, answer: str, state: ModelState, *,
+                       model_fingerprint: str, expected_version: int,
+                       citations: list[dict[str, Any]] | None = None) -> SessionInfo:
+        """Store a regenerated last answer and the state after it, in one transaction.
+
+        The answer it replaces stays as an alternative (`variants`). `state` must be the state after the
+        messages before `ordinal`, loaded at `expected_version`, advanced over the new answer.
+        """
+        new = _checked(ChatMessage("assistant", answer, citations))
+        encoded = self._encode(state, model_fingerprint)
+        with self._db.begin() as db:
+            self._claim(db, session_id, expected_version, token_count=state.num_tokens,
+                        model_fingerprint=model_fingerprint)
+            row = self._last_answer(db, session_id, ordinal, "regenerated")
+            written = db.scalar(select(func.max(Alternative.variant))
+                                .where(Alternative.session_id == session_id, Alternative.ordinal == ordinal))
+            db.add(Alternative(session_id=session_id, ordinal=ordinal, variant=row.variant, text=row.text,
+                               citations=row.citations, created_at=row.created_at))
+            row.text, row.citations, row.created_at = new.text, new.citations, utcnow()
+            row.variant = max(row.variant, -1 if written is None else written) + 1
+            self._put_snapshot(db, session_id, ordinal, model_fingerprint, state.num_tokens, encoded)
+            self._prune(db, session_id, model_fingerprint, drop_other_models=True)
+            return self._info(db, session_id)
+
+    def choose(self, session_id: int, ordinal: int, variant: int, model: ChatModel, *,
+               progress: bool = False) -> LoadedSession:
+        """Make answer `variant` (an index into `variants(...)[ordinal].answers`) the last answer again.
+
+        The state comes from the nearest snapshot before the answer plus a re-read of the chosen text."""
+        info = self.get(session_id)
+        messages = self.messages(session_id)
+        places = self.variants(session_id)
+        if ordinal not in places or not 0 <= variant < len(places[ordinal].answers):
+            raise InvalidTranscriptError(f"Message {ordinal} of session {session_id} has no answer {variant + 1}.")
+        if ordinal != len(messages) - 1:
+            raise InvalidTranscriptError("Only the last answer's alternatives can be chosen; a later turn was "
+                                         "written from the answer there now. Branch from that turn instead.")
+        place = places[ordinal]
+        if variant == place.chosen:
+            return self.load(session_id, model, progress=progress)
+        picked = place.answers[variant]
+        before = messages[:ordinal]
+        state, fed, restored, notice, _ = self._rebuild(session_id, info, before, model, progress,
+                                                        explain_missing=False)
+        fed += feed(model, state, [picked])
+        encoded = self._encode(state, model.fingerprint)
+        with self._db.begin() as db:
+            self._claim(db, session_id, info.version, token_count=state.num_tokens,
+                        model_fingerprint=model.fingerprint)
+            row = self._last_answer(db, session_id, ordinal, "changed")
+            alt = db.scalar(select(Alternative).where(Alternative.session_id == session_id,
+                                                      Alternative.ordinal == ordinal,
+                                                      Alternative.variant == variant))
+            assert alt is not None  # under the version claimed above, `places` is current
+            (row.text, row.citations, row.created_at, row.variant,
+             alt.text, alt.citations, alt.created_at, alt.variant) = (
+                alt.text, alt.citations, alt.created_at, alt.variant,
+                row.text, row.citations, row.created_at, row.variant)
+            self._put_snapshot(db, session_id, ordinal, model.fingerprint, state.num_tokens, encoded)
+            self._prune(db, session_id, model.fingerprint, drop_other_models=True)
+            result = self._info(db, session_id)
+        return LoadedSession(result, self.messages(session_id), state, fed, notice, restored)
+
     def append_messages(self, session_id: int, messages: Sequence[ChatMessage], *,
                         expected_version: int | None = None) -> SessionInfo:
         """Append messages without a state (the next `load` re-reads them); for integrations."""
@@ -253,6 +347,7 @@ class SessionStore:
         with self._db.begin() as db:
             self._claim(db, session_id, None, token_count=0)
             db.execute(delete(Message).where(Message.session_id == session_id))
+            db.execute(delete(Alternative).where(Alternative.session_id == session_id))
             db.execute(delete(StateSnapshot).where(StateSnapshot.session_id == session_id))
             return self._info(db, session_id)
 
@@ -369,6 +464,7 @@ class SessionStore:
         messages = self.messages(session_id)[:keep]
         state, fed, restored, notice, bad = self._rebuild(session_id, info, messages, model, progress,
                                                           explain_missing=False)
+
         needs_snapshot = keep > 0 and restored != keep - 1
         encoded = self._encode(state, model.fingerprint) if keep > 0 and (fork or needs_snapshot) else None
         with self._db.begin() as db:
@@ -383,10 +479,13 @@ class SessionStore:
                 if info.owner_id is not None:  # a branch belongs to whoever owns the session
                     db.add(SessionOwner(session_id=target, user_id=info.owner_id))
                 self._add_messages(db, target, 0, messages)
+                self._copy_alternatives(db, session_id, target, keep)
             else:
                 target = session_id
                 self._claim(db, session_id, info.version, token_count=state.num_tokens)
                 db.execute(delete(Message).where(Message.session_id == session_id, Message.ordinal >= keep))
+                db.execute(delete(Alternative).where(Alternative.session_id == session_id,
+                                                     Alternative.ordinal >= keep))
                 db.execute(delete(StateSnapshot).where(StateSnapshot.session_id == session_id,
                                                        StateSnapshot.ordinal >= keep))
             if bad:
@@ -395,6 +494,32 @@ class SessionStore:
                 self._put_snapshot(db, target, keep - 1, model.fingerprint, state.num_tokens, encoded)
             result = self._info(db, target)
         return LoadedSession(result, messages, state, fed, notice, restored)
+
+    @staticmethod
+    def _copy_alternatives(db: Session, source: int, target: int, keep: int) -> None:
+        """A branch keeps the answers written before its branch point, and which of them was chosen."""
+        db.flush()
+        chosen = dict(db.execute(select(Message.ordinal, Message.variant)
+                                 .where(Message.session_id == source, Message.ordinal < keep)).all())
+        for ordinal, variant in chosen.items():
+            if variant:  # the copied message was added as variant 0
+                db.execute(update(Message).where(Message.session_id == target, Message.ordinal == ordinal)
+                           .values(variant=variant))
+        rows = db.scalars(select(Alternative).where(Alternative.session_id == source, Alternative.ordinal < keep))
+        db.add_all(Alternative(session_id=target, ordinal=a.ordinal, variant=a.variant, text=a.text,
+                               citations=a.citations, created_at=a.created_at) for a in rows.all())
+
+    def state_at(self, session_id: int, keep: int, model: ChatModel, *, progress: bool = False) -> LoadedSession:
+        """The state after the first `keep` messages (nearest snapshot plus a re-read of the rest), with those
+        messages; nothing is written. What regenerating an answer starts from."""
+        info = self.get(session_id)
+        if not 0 <= keep <= info.message_count:
+            raise InvalidTranscriptError(f"Cannot go back to message {keep}: session {session_id} has "
+                                         f"{info.message_count} messages.")
+        messages = self.messages(session_id)[:keep]
+        state, fed, restored, notice, _ = self._rebuild(session_id, info, messages, model, progress,
+                                                        explain_missing=False)
+        return LoadedSession(info, messages, state, fed, notice, restored)
 
     # Exchange -----------------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ import gradio as gr
 
 from app.chat import defaults
 from app.chat.events import follow
-from app.engine import ChatEngine, SessionNotFoundError, TurnOptions
+from app.engine import ChatEngine, SessionNotFoundError, TurnOptions, TurnRefused
 from backbone.errors import UserError, report, shown
 from ui import render
 from ui.api import add_api
@@ -31,6 +31,8 @@ CSS = """
 #rillet-status { font-size: 0.85em; opacity: 0.85; }
 #rillet-notice:empty { display: none; }
 .rillet-source summary { cursor: pointer; }
+#rillet-answers { flex: 0 0 auto; width: auto; align-items: center; }
+#rillet-answer-page { flex: 0 0 auto; width: auto; min-width: 6em; text-align: center; }
 """
 
 
@@ -48,6 +50,8 @@ class PageLoaded(NamedTuple):
     welcome: Any = SKIP
     title: Any = SKIP
     notice: Any = SKIP
+    answers: Any = SKIP
+    answer_page: Any = SKIP
 
 
 class SessionSwitched(NamedTuple):
@@ -60,6 +64,8 @@ class SessionSwitched(NamedTuple):
     notice: Any = SKIP
     remembered: Any = SKIP
     title: Any = SKIP
+    answers: Any = SKIP
+    answer_page: Any = SKIP
 
 
 class SessionOpened(NamedTuple):
@@ -70,6 +76,8 @@ class SessionOpened(NamedTuple):
     notice: Any = SKIP
     remembered: Any = SKIP
     title: Any = SKIP
+    answers: Any = SKIP
+    answer_page: Any = SKIP
 
 
 class SessionDeleted(NamedTuple):
@@ -81,6 +89,8 @@ class SessionDeleted(NamedTuple):
     notice: Any = SKIP
     remembered: Any = SKIP
     title: Any = SKIP
+    answers: Any = SKIP
+    answer_page: Any = SKIP
 
 
 class CollectionDeleted(NamedTuple):
@@ -106,6 +116,20 @@ class Answering(NamedTuple):
     status: Any = SKIP
     notice: Any = SKIP
     remembered: Any = SKIP
+    title: Any = SKIP
+    answers: Any = SKIP
+    answer_page: Any = SKIP
+
+
+class Rewound(NamedTuple):
+    """An answer was chosen or a turn undone: the same session, shown anew."""
+
+    chat: Any = SKIP
+    sessions: Any = SKIP
+    status: Any = SKIP
+    notice: Any = SKIP
+    answers: Any = SKIP
+    answer_page: Any = SKIP
 
 
 def title_from(message: str, words: int = 7) -> str:
@@ -122,16 +146,26 @@ class Page:
 
     # --- helpers ---------------------------------------------------------------------------------
     def session_choices(self) -> list[tuple[str, int]]:
-        return [(render.session_label(s), s.id) for s in self.engine.list_sessions()]
+        return render.session_tree(self.engine.list_sessions())
+
+    def pager(self, session_id: int | None, view: Any = None) -> dict[str, Any]:
+        """The ‹ answer i/n › row under the chat: shown when the last answer was regenerated."""
+        if session_id is None:
+            return {"answers": gr.update(visible=False), "answer_page": ""}
+        if view is not None:
+            page = render.answer_page(view.variants, view.messages)
+        else:
+            page = render.answer_page(self.engine.variants(session_id), self.engine.messages(session_id))
+        return {"answers": gr.update(visible=bool(page)), "answer_page": page}
 
     def collection_choices(self) -> list[tuple[str, str]]:
         return [("(none)", NO_COLLECTION)] + [(f"{c.name} · {c.files} files", c.name)
                                             for c in self.engine.list_collections()]
 
-    def status(self, model: str | None, tokens: int = 0, state_bytes: int = 0) -> str:
+    def status(self, model: str | None, tokens: int = 0, state_bytes: int = 0, turn: Any = None) -> str:
         served = self.engine.served(model or None)
         return render.status_line(served.label, f"{served.device}, {served.precision}", tokens, state_bytes,
-                                  served.model.max_context, served.note)
+                                  served.model.max_context, served.note, turn)
 
     @staticmethod
     def problem(error: BaseException, what: str) -> str:
@@ -155,14 +189,15 @@ class Page:
                     chat=render.chat_history(view.messages),
                     collection=gr.update(choices=collections, value=view.info.collection or NO_COLLECTION),
                     status=self.status(model, view.state_tokens, view.state_bytes), welcome=welcome,
-                    title=view.info.title, notice=render.error_note(view.notice) if view.notice else "")
+                    title=view.info.title, notice=render.error_note(view.notice) if view.notice else "",
+                    **self.pager(view.info.id, view))
             except SessionNotFoundError:
                 pass
         return PageLoaded(
             session=None, sessions=gr.update(choices=self.session_choices(), value=None), chat=[],
             collection=gr.update(choices=collections,
                                  value=collections[-1][1] if len(collections) > 1 else NO_COLLECTION),
-            status=self.status(model), welcome=welcome, title="", notice="")
+            status=self.status(model), welcome=welcome, title="", notice="", **self.pager(None))
 
     def new_session(self, collection: str, model: str) -> SessionSwitched:
         try:
@@ -170,7 +205,8 @@ class Page:
         except Exception as exc:
             return SessionSwitched(notice=self.problem(exc, "new_session"))
         return SessionSwitched(session=info.id, sessions=gr.update(choices=self.session_choices(), value=info.id),
-                               chat=[], status=self.status(model), notice="", remembered=info.id, title=info.title)
+                               chat=[], status=self.status(model), notice="", remembered=info.id, title=info.title,
+                               **self.pager(None))
 
     def open_session(self, session_id: int | None, model: str) -> SessionOpened:
         if session_id is None:
@@ -179,12 +215,13 @@ class Page:
             view = self.engine.open_session(int(session_id), model or None)
         except Exception as exc:
             return SessionOpened(session=None, chat=[], status=self.status(model),
-                                 notice=self.problem(exc, "open_session"), remembered=None, title="")
+                                 notice=self.problem(exc, "open_session"), remembered=None, title="",
+                                 **self.pager(None))
         return SessionOpened(session=view.info.id, chat=render.chat_history(view.messages),
                              collection=gr.update(value=view.info.collection or NO_COLLECTION),
                              status=self.status(model, view.state_tokens, view.state_bytes),
                              notice=render.error_note(view.notice) if view.notice else "", remembered=view.info.id,
-                             title=view.info.title)
+                             title=view.info.title, **self.pager(view.info.id, view))
 
     def rename(self, session_id: int | None, title: str) -> tuple[Any, str]:
         if session_id is None:
@@ -207,7 +244,7 @@ class Page:
                 self.engine.delete_session(session_id)
         return SessionDeleted(session=None, sessions=gr.update(choices=self.session_choices(), value=None), chat=[],
                               status=self.status(model), confirm_delete=gr.update(visible=False),
-                              notice="Session deleted.", remembered=None, title="")
+                              notice="Session deleted.", remembered=None, title="", **self.pager(None))
 
     def export(self, session_id: int | None, fmt: str) -> tuple[Any, str]:
         if session_id is None:
@@ -228,7 +265,8 @@ class Page:
         return SessionSwitched(session=info.id, sessions=gr.update(choices=self.session_choices(), value=info.id),
                                chat=render.chat_history(view.messages),
                                status=self.status(model, view.state_tokens, view.state_bytes),
-                               notice=f"Imported “{info.title}”.", remembered=info.id, title=info.title)
+                               notice=f"Imported “{info.title}”.", remembered=info.id, title=info.title,
+                               **self.pager(info.id, view))
 
     # --- collections -----------------------------------------------------------------------------
     def choose_collection(self, session_id: int | None, collection: str) -> str:
@@ -291,19 +329,24 @@ class Page:
                                  welcome=gr.update(visible=len(choices) == 1))
 
     # --- chat ------------------------------------------------------------------------------------
+    def options(self, top_k: float, temperature: float, max_tokens: float, model: str,
+                decoding: tuple[float, ...]) -> TurnOptions:
+        """The settings' values as turn options. `decoding`: values of the settings named in
+        `defaults.DECODING`, in that order (the rest: defaults)."""
+        chosen = {name: type(default)(value)
+                  for (name, default), value in zip(defaults.DECODING.items(), decoding, strict=False)}
+        return TurnOptions(top_k=int(top_k), temperature=float(temperature), max_new_tokens=int(max_tokens),
+                           model=model or None, **chosen)
+
     def respond(self, message: str, session_id: int | None, collection: str, history: list[dict[str, Any]] | None,
                 top_k: float, temperature: float, max_tokens: float, model: str, *decoding: float
                 ) -> Iterator[Answering]:
-        """Stream one answer. `decoding`: values of the settings named in `defaults.DECODING`, in that order
-        (the rest: defaults)."""
+        """Stream one answer."""
         history = list(history or [])
         try:
             served = self.engine.served(model or None)
             checked = self.engine.check_message(message, served)
-            chosen = {name: type(default)(value)
-                      for (name, default), value in zip(defaults.DECODING.items(), decoding, strict=False)}
-            options = TurnOptions(top_k=int(top_k), temperature=float(temperature), max_new_tokens=int(max_tokens),
-                                  model=model or None, **chosen)
+            options = self.options(top_k, temperature, max_tokens, model, decoding)
             if session_id is None:
                 session_id = self.engine.create_session(title_from(checked), collection or None).id
             changed_elsewhere = self.visible_count(session_id) != len(history)
@@ -311,32 +354,111 @@ class Page:
         except Exception as exc:
             yield Answering(message=message, session=session_id, notice=self.problem(exc, "respond"))
             return
+        shown_before = list(history)
         history += [{"role": "user", "content": checked}, {"role": "assistant", "content": "…"}]
         yield Answering(message="", chat=history, session=session_id,
                         sessions=gr.update(choices=self.session_choices(), value=session_id), notice="",
-                        remembered=session_id)
+                        remembered=session_id, answers=gr.update(visible=False))
+        elsewhere = render.error_note("This session was also changed in another tab; all of its messages are "
+                                      "shown.") if changed_elsewhere else ""
+        yield from self.follow(ticket, session_id, history, model, Answering(message=message, chat=shown_before),
+                               elsewhere)
+
+    def follow(self, ticket: Any, session_id: int, history: list[dict[str, Any]], model: str, failed: Answering,
+               note: str = "") -> Iterator[Answering]:
+        """Stream a turn's answer into the last bubble of `history`; then show the stored session with `note`
+        (Markdown) and the turn's own notice, or, when the turn failed, `failed` with the reason."""
         for turn in follow(ticket):
             if turn.stage == "finished":
                 result = turn.result
-                notice = result.notice or ""
-                if changed_elsewhere:
-                    notice = ("This session was also changed in another tab; all of its messages are shown. "
-                              + notice).strip()
+                notice = " ".join(n for n in (note, result.notice and render.error_note(result.notice)) if n)
                 yield Answering(chat=render.chat_history(self.engine.messages(session_id)), session=session_id,
                                 sessions=gr.update(choices=self.session_choices(), value=session_id),
-                                status=self.status(model, result.state_tokens, result.state_bytes),
-                                notice=render.error_note(notice) if notice else "")
+                                status=self.status(model, result.state_tokens, result.state_bytes, result),
+                                notice=notice, **self.pager(session_id))
                 return
             if turn.stage in ("failed", "cancelled"):
                 # a failed turn was logged, with its traceback when it is a bug, by the model queue
-                note = shown(turn.error) if turn.error is not None else "The turn was cancelled."
-                if turn.error is not None and not isinstance(turn.error, UserError):
-                    note += " Your message is back in the box; try again."
-                yield Answering(message=message, chat=history[:-2], session=session_id,
-                                notice=render.error_note(note))
+                text = shown(turn.error) if turn.error is not None else "The turn was cancelled."
+                if turn.error is not None and not isinstance(turn.error, UserError) and failed.message is not SKIP:
+                    text += " Your message is back in the box; try again."
+                yield failed._replace(session=session_id, notice=render.error_note(text), **self.pager(session_id))
                 return
             history[-1]["content"] = render.answer_so_far(turn)
             yield Answering(chat=history)
+
+    def regenerate(self, session_id: int | None, history: list[dict[str, Any]] | None, top_k: float,
+                   temperature: float, max_tokens: float, model: str, *decoding: float) -> Iterator[Answering]:
+        """Answer the last question again; the old answer stays, one click of ‹ away."""
+        history = list(history or [])
+        try:
+            if session_id is None:
+                raise TurnRefused("There is no answer to regenerate yet; ask a question first.")
+            ticket = self.engine.regenerate(session_id, self.options(top_k, temperature, max_tokens, model, decoding))
+        except Exception as exc:
+            yield Answering(notice=self.problem(exc, "regenerate"))
+            return
+        shown_before = list(history)
+        history = [*history[:-1], {"role": "assistant", "content": "…"}]
+        yield Answering(chat=history, notice="", answers=gr.update(visible=False))
+        yield from self.follow(ticket, session_id, history, model, Answering(chat=shown_before))
+
+    def edit(self, data: gr.EditData, session_id: int | None, history: list[dict[str, Any]] | None, top_k: float,
+             temperature: float, max_tokens: float, model: str, *decoding: float) -> Iterator[Answering]:
+        """An earlier question edited in the chat: ask it in a new branch from the turn before it; the session
+        it came from stays as it was (it is under the branch's parent in the sidebar)."""
+        shown_before = list(history or [])
+        try:
+            if session_id is None:
+                raise TurnRefused("Open a session to edit its questions.")
+            visible = [m for m in self.engine.messages(session_id) if m.role != "system"]
+            index = data.index if isinstance(data.index, int) else data.index[0]
+            if not 0 <= index < len(visible) or visible[index].role != "user":
+                raise TurnRefused("Only your questions can be edited; an answer can be regenerated instead.")
+            value = data.value if isinstance(data.value, str) else str(data.value)
+            options = self.options(top_k, temperature, max_tokens, model, decoding)
+            branch, ticket = self.engine.edit(session_id, visible[index].ordinal, value, options)
+        except Exception as exc:
+            yield Answering(chat=shown_before, notice=self.problem(exc, "edit"))
+            return
+        branch_id = branch.info.id
+        history = [*render.chat_history(branch.messages), {"role": "user", "content": value.strip()},
+                   {"role": "assistant", "content": "…"}]
+        yield Answering(chat=history, session=branch_id, remembered=branch_id, title=branch.info.title,
+                        sessions=gr.update(choices=self.session_choices(), value=branch_id), notice="",
+                        answers=gr.update(visible=False))
+        yield from self.follow(ticket, branch_id, history, model,
+                               Answering(chat=render.chat_history(self.engine.messages(branch_id))),
+                               f"Asked in a new branch, “{branch.info.title}”; the original session is unchanged "
+                               "(in the sidebar, above this one).")
+
+    def page_answer(self, session_id: int | None, step: int, model: str) -> Rewound:
+        """Show (and make current) the previous or next answer to the last question."""
+        if session_id is None:
+            return Rewound()
+        try:
+            place = self.engine.variants(session_id).get(len(self.engine.messages(session_id)) - 1)
+            if place is None:
+                return Rewound(**self.pager(session_id))
+            view = self.engine.choose_answer(session_id, (place.chosen + step) % len(place.answers), model or None)
+        except Exception as exc:
+            return Rewound(notice=self.problem(exc, "page_answer"))
+        return Rewound(chat=render.chat_history(view.messages), status=self.status(model, view.state_tokens,
+                                                                                   view.state_bytes),
+                       notice="", **self.pager(session_id, view))
+
+    def undo(self, session_id: int | None, model: str) -> Rewound:
+        """Delete the last turn."""
+        try:
+            if session_id is None:
+                raise TurnRefused("There is no turn to undo in this session.")
+            view = self.engine.undo(session_id, model or None)
+        except Exception as exc:
+            return Rewound(notice=self.problem(exc, "undo"))
+        return Rewound(chat=render.chat_history(view.messages),
+                       sessions=gr.update(choices=self.session_choices(), value=session_id),
+                       status=self.status(model, view.state_tokens, view.state_bytes),
+                       notice="The last turn was deleted.", **self.pager(session_id, view))
 
     def stop(self, session_id: int | None) -> str:
         if session_id is None or not self.engine.cancel(session_id):
@@ -381,8 +503,17 @@ class Page:
                 gr.Markdown("**No collection yet.** Index Rillet's own documentation to try it out, or index one "
                             "of your folders under *Index a folder* below.")
                 docs_btn = gr.Button("Index Rillet's documentation", size="sm", elem_id="rillet-index-docs")
-            chatbot = gr.Chatbot(label="Chat", height=520, elem_id="rillet-chat", buttons=["copy"],
-                                 placeholder="Ask about the files of the chosen collection.")
+            chatbot = gr.Chatbot(label="Chat", height=520, elem_id="rillet-chat", buttons=["copy"], editable="user",
+                                 placeholder="Ask about the files of the chosen collection. Edit a question of "
+                                             "yours (✎) to ask it in a new branch.")
+            with gr.Row():
+                with gr.Row(visible=False, elem_id="rillet-answers") as answers:
+                    prev_btn = gr.Button("‹", size="sm", scale=0, min_width=36, elem_id="rillet-prev-answer")
+                    answer_page = gr.Markdown(elem_id="rillet-answer-page")
+                    next_btn = gr.Button("›", size="sm", scale=0, min_width=36, elem_id="rillet-next-answer")
+                regenerate_btn = gr.Button("↻ Regenerate", size="sm", scale=0, min_width=140,
+                                           elem_id="rillet-regenerate")
+                undo_btn = gr.Button("Undo last turn", size="sm", scale=0, min_width=140, elem_id="rillet-undo")
             with gr.Row():
                 message = gr.Textbox(placeholder="Ask a question…  (Enter sends, Shift+Enter for a new line)",
                                      show_label=False, lines=2, max_lines=8, scale=8, elem_id="rillet-message")
@@ -434,11 +565,13 @@ class Page:
                               label="Stop a loop of n tokens (0 = off)", elem_id="rillet-loop_stop"),
                 ]
 
+            add_api(self.engine)  # first: its endpoint names (/regenerate, /undo, /edit) win over the page's events
             on = {"api_visibility": "private"}  # the page's own events; the programmatic API is ui/api.py
             named = {"session": session, "sessions": sessions, "chat": chatbot, "collection": collection,
                      "status": status, "welcome": welcome, "title": title, "notice": notice, "remembered": remembered,
                      "confirm_delete": confirm_delete, "confirm_collection": confirm_coll,
-                     "index_status": index_status, "message": message}
+                     "index_status": index_status, "message": message, "answers": answers,
+                     "answer_page": answer_page}
 
             def outputs(kind: type[tuple]) -> list[Any]:
                 return [named[name] for name in kind._fields]  # type: ignore[attr-defined]
@@ -467,8 +600,17 @@ class Page:
                 trigger(self.respond, ask_inputs, outputs(Answering), concurrency_limit=None, show_progress="hidden",
                         **on)
             stop_btn.click(self.stop, [session], [notice], concurrency_limit=None, queue=False, **on)
+            again_inputs = [session, chatbot, top_k, temperature, max_tokens, model, *decoding]
+            for trigger in (regenerate_btn.click, chatbot.retry):
+                trigger(self.regenerate, again_inputs, outputs(Answering), concurrency_limit=None,
+                        show_progress="hidden", **on)
+            chatbot.edit(self.edit, again_inputs, outputs(Answering), concurrency_limit=None, show_progress="hidden",
+                         **on)
+            for trigger in (undo_btn.click, chatbot.undo):
+                trigger(self.undo, [session, model], outputs(Rewound), **on)
+            prev_btn.click(lambda s, m: self.page_answer(s, -1, m), [session, model], outputs(Rewound), **on)
+            next_btn.click(lambda s, m: self.page_answer(s, 1, m), [session, model], outputs(Rewound), **on)
             model.input(self.model_changed, [session, model], [status], **on)
-            add_api(self.engine)
         return demo
 
 

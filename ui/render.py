@@ -17,6 +17,7 @@ LANGUAGE_HINTS = {"python": "python", "markdown": "markdown", "javascript": "jav
                   "yaml": "yaml", "json": "json", "sql": "sql", "html": "html", "css": "css"}
 SNIPPET_CHARS = 4000
 BEST_LINES = 24  # of the best passage, shown under the answer
+INDENT = "\u00a0\u00a0"  # a branch of a branch in the sidebar (plain spaces would collapse in HTML)
 
 
 def _fence(text: str) -> str:
@@ -79,14 +80,57 @@ def chat_history(messages: Sequence[Any]) -> list[dict[str, str]]:
 
 
 def status_line(model_label: str, device: str, tokens: int, state_bytes: int, max_context: int | None,
-                note: str | None = None) -> str:
+                note: str | None = None, turn: Any = None) -> str:
+    """Model, device, session size and state size; with `turn` (an engine TurnResult), how fast the last
+    answer came: time to its first token and tokens per second after it."""
     used = f"{tokens:,} tokens" + (f" of {max_context:,}" if max_context else "")
     line = f"**Model** {model_label} · **Device** {device} · **Session** {used} · **State** {human_bytes(state_bytes)}"
+    if turn is not None and turn.first_token_s is not None:
+        line += f" · **Last turn** first token {turn.first_token_s:.1f} s"
+        if turn.tokens_per_s is not None:
+            line += f", {turn.tokens_per_s:.1f} tokens/s"
     return line + (f"  \n⚠️ {note}" if note else "")
 
 
 def session_label(info: Any) -> str:
     return f"{info.title} · {info.message_count} msg"
+
+
+def branch_point(info: Any) -> str:
+    """Where a branch left its parent, in turns: the turns it kept."""
+    turns = (info.branch_point or 0) // 2
+    return "from the start" if turns == 0 else f"from turn {turns}"
+
+
+def session_tree(infos: Sequence[Any]) -> list[tuple[str, int]]:
+    """The sidebar's (label, id) choices: each branch right under its parent, indented, saying which turn it
+    left from. Sessions keep their order (most recent first) among their siblings; a branch whose parent is
+    not listed stands at the top level."""
+    listed = {info.id for info in infos}
+    children: dict[int | None, list[Any]] = {}
+    for info in infos:
+        parent = info.parent_id if info.parent_id in listed else None
+        children.setdefault(parent, []).append(info)
+    choices: list[tuple[str, int]] = []
+
+    def add(parent: int | None, depth: int) -> None:
+        for info in children.get(parent, []):
+            label = session_label(info)
+            if info.parent_id is not None:
+                label = f"{INDENT * (depth - 1)}↳ {label} · {branch_point(info)}"
+            choices.append((label, info.id))
+            add(info.id, depth + 1)
+
+    add(None, 0)
+    return choices
+
+
+def answer_page(variants: Any, messages: Sequence[Any]) -> str:
+    """"answer 1/2" when the last answer was regenerated ("" otherwise): which of its answers is shown."""
+    if not messages or variants is None:
+        return ""
+    place = variants.get(messages[-1].ordinal)
+    return "" if place is None else f"answer {place.chosen + 1}/{len(place.answers)}"
 
 
 def progress_line(progress: Any) -> str:

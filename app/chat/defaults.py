@@ -27,6 +27,9 @@ PENALTY_WINDOW = 64
 NO_REPEAT_NGRAM_SIZE = 0
 MIN_P = 0.0
 LOOP_STOP = 6
+# Regenerating greedily would write the same answer again: a regenerate asked at temperature 0 samples at
+# this temperature instead (other settings as asked).
+REGENERATE_TEMPERATURE = 0.7
 
 # The repetition controls and min-p, in the order the page, the command line and the API list them.
 DECODING = {

@@ -66,3 +66,31 @@ def test_alembic_command_line_check_finds_no_drift(tmp_path: Path) -> None:
                             cwd=root, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "No new upgrade operations detected" in result.stdout + result.stderr
+
+
+def test_a_database_of_the_first_schema_upgrades_with_its_sessions_intact(unmigrated_url: str) -> None:
+    """0003 adds answer alternatives: messages stored before it become the only answer at their place."""
+    from memory.sessions import SessionStore
+
+    upgrade(unmigrated_url, "0001")
+    engine = make_engine(unmigrated_url)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO sessions (id, title, token_count, version, created_at, updated_at) "
+                          "VALUES (1, 'old chat', 0, 1, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+        conn.execute(text("INSERT INTO messages (session_id, ordinal, role, text, created_at) VALUES "
+                          "(1, 0, 'user', 'hello', CURRENT_TIMESTAMP), (1, 1, 'assistant', 'hi', CURRENT_TIMESTAMP)"))
+    engine.dispose()
+    upgrade(unmigrated_url)
+    engine = make_engine(unmigrated_url)
+    assert current_revision(engine) == head_revision() and schema_drift(engine) == []
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT variant FROM messages ORDER BY ordinal")).scalars().all() == [0, 0]
+    store = SessionStore(engine)
+    assert [m.text for m in store.messages(1)] == ["hello", "hi"] and store.variants(1) == {}
+    engine.dispose()
+    downgrade(unmigrated_url, "0001")  # and back: the first schema, its rows kept
+    engine = make_engine(unmigrated_url)
+    assert "message_alternatives" not in inspect(engine).get_table_names()
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM messages")).scalar() == 2
+    engine.dispose()

@@ -117,3 +117,41 @@ def test_the_page_keeps_a_refused_message_and_tells_a_second_tab(server: Server)
     tab_b = list(page.respond("Hello from tab B", session_id, "", [], 0, 0.0, 8, "teacher"))[-1]
     assert "another tab" in tab_b[5]
     assert [m["content"] for m in tab_b[1] if m["role"] == "user"] == ["Hello from tab A", "Hello from tab B"]
+
+
+@pytest.mark.slow
+def test_regenerate_choose_edit_undo_and_branch_through_the_api(server: Server, client: Client) -> None:
+    session = client.predict(title="Controls", collection="", api_name="/create_session")
+    sid = session["id"]
+    first = list(client.submit(session_id=sid, message="Name a colour.", max_new_tokens=8, api_name="/ask"))[-1]
+    again = list(client.submit(session_id=sid, max_new_tokens=8, api_name="/regenerate"))[-1]
+    assert again["done"]
+    assert again["first_token_s"] > 0 and (again["tokens_per_s"] is None or again["tokens_per_s"] > 0)
+    loaded = client.predict(session_id=sid, api_name="/load_session")
+    answer = loaded["messages"][1]
+    assert answer["answers"] == [first["text"], again["text"]] and answer["chosen"] == 1
+    assert answer["text"] == again["text"] and loaded["state_tokens"] == again["state_tokens"]
+
+    chosen = client.predict(session_id=sid, answer=1, api_name="/choose_answer")
+    assert chosen["messages"][1]["text"] == first["text"] and chosen["messages"][1]["chosen"] == 0
+    assert chosen["state_tokens"] == first["state_tokens"]
+    with pytest.raises(AppError, match="no answer 5"):
+        client.predict(session_id=sid, answer=5, api_name="/choose_answer")
+
+    edited = list(client.submit(session_id=sid, question=1, message="Name a fruit.", max_new_tokens=8,
+                                api_name="/edit"))
+    branch_id = edited[-1]["session_id"]
+    assert edited[-1]["done"] and branch_id != sid
+    branch = client.predict(session_id=branch_id, api_name="/load_session")
+    assert (branch["parent_id"], branch["branch_point"]) == (sid, 0)
+    assert [m["text"] for m in branch["messages"]] == ["Name a fruit.", edited[-1]["text"]]
+    assert client.predict(session_id=sid, api_name="/load_session")["messages"] == chosen["messages"]  # unchanged
+    with pytest.raises(AppError, match="no question 3"):
+        client.predict(session_id=sid, question=3, message="?", api_name="/edit")
+
+    copy = client.predict(session_id=sid, keep=2, api_name="/branch")
+    assert copy["parent_id"] == sid and copy["messages"] == chosen["messages"]  # answers and choice included
+    undone = client.predict(session_id=branch_id, api_name="/undo")
+    assert undone["messages"] == [] and undone["state_tokens"] < branch["state_tokens"]
+    with pytest.raises(AppError, match="no turn to undo"):
+        client.predict(session_id=branch_id, api_name="/undo")

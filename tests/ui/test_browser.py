@@ -147,3 +147,93 @@ def test_questions_about_a_cli_library_get_answers_without_loops_above_their_bes
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "ui-answers.png"), full_page=True)
     page.close()
+
+
+def wait_for_text(locator: Any, text: str, seconds: float = 30) -> None:
+    """Until the element shows `text` as the reader sees it (inner text: a closed source's passage is hidden,
+    where Playwright's to_have_text would read it)."""
+    deadline = time.monotonic() + seconds
+    while (shown := locator.inner_text().strip()) != text:
+        assert time.monotonic() < deadline, f"shown: {shown!r}, expected: {text!r}"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_regenerate_page_through_answers_edit_into_a_branch_and_undo(server: Server, browser: Any) -> None:
+    """Issue 26 in the page: ask; regenerate and page between the two answers (‹ 1/2 ›); edit the first question
+    (a branch appears under its session in the sidebar, the session itself unchanged after a reload); undo.
+    Screenshots in test-artifacts/controls/."""
+    from playwright.sync_api import expect
+
+    shots = ARTIFACTS / "controls"
+    shots.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(viewport={"width": 1400, "height": 1000},
+                                  permissions=["clipboard-read", "clipboard-write"])
+    page = context.new_page()
+    page.goto(server.url)
+    expect(page.locator("#rillet-chat")).to_be_visible(timeout=30_000)  # a new browser: no session open yet
+    page.click("#rillet-settings >> text=Settings")
+    page.locator("#rillet-settings input[type=number]").nth(2).fill("24")  # longest answer, in tokens
+    page.locator("#rillet-settings input[type=number]").nth(2).press("Enter")
+    status, messages = page.locator("#rillet-status"), page.locator("#rillet-chat .message-row")
+
+    question = "Name three colours of tea."
+    field(page, "rillet-message").fill(question)
+    page.click("#rillet-send")
+    expect(status).to_contain_text("tokens/s", timeout=120_000)  # the last turn's speed: it has finished
+    expect(status).to_contain_text("first token")
+    expect(messages).to_have_count(2)
+    page.locator("#rillet-chat button[aria-label='Copy message']").last.click()
+    first = messages.last.inner_text().strip()
+    session_id = next(s.id for s in server.engine.list_sessions() if s.title == question)
+    stored = server.engine.messages(session_id)[-1].text
+    copied = page.evaluate("navigator.clipboard.readText()")
+    assert " ".join(copied.split()).startswith(" ".join(stored.split()))  # the answer as written (then its sources)
+
+    page.click("#rillet-regenerate")
+    page_label = page.locator("#rillet-answer-page")
+    expect(page_label).to_have_text("answer 2/2", timeout=120_000)
+    expect(messages).to_have_count(2)
+    second = messages.last.inner_text().strip()
+    assert second and second != first  # sampled anew: another answer, the first one kept
+    page.screenshot(path=str(shots / "1-regenerated.png"), full_page=True)
+    page.click("#rillet-prev-answer")
+    expect(page_label).to_have_text("answer 1/2", timeout=30_000)
+    wait_for_text(messages.last, first)
+    assert server.engine.variants(session_id)[1].chosen == 0  # chosen: what the session goes on from
+    page.click("#rillet-next-answer")
+    expect(page_label).to_have_text("answer 2/2", timeout=30_000)
+    wait_for_text(messages.last, second)
+    original = [(m.role, m.text) for m in server.engine.messages(session_id)]
+
+    messages.first.hover()
+    page.locator("#rillet-chat button[aria-label='Edit']").first.click()
+    page.locator("#rillet-chat textarea").first.fill("Name three kinds of teapot.")
+    page.locator("#rillet-chat button[aria-label='Submit']").first.click()
+    sidebar = page.locator("#rillet-sessions")
+    expect(sidebar).to_contain_text("↳ Name three colours of tea. (branch) · ", timeout=30_000)
+    expect(sidebar).to_contain_text("from the start")
+    expect(page.locator("#rillet-notice")).to_contain_text("Asked in a new branch", timeout=120_000)
+    expect(messages).to_have_count(2)
+    expect(messages.first).to_contain_text("Name three kinds of teapot.")
+    labels = sidebar.locator("label")
+    parent_at = next(i for i in range(labels.count()) if labels.nth(i).inner_text().startswith(question))
+    assert "↳" in labels.nth(parent_at + 1).inner_text()  # right under its parent
+    page.screenshot(path=str(shots / "2-branched.png"), full_page=True)
+
+    page.reload()
+    expect(sidebar).to_contain_text("↳ Name three colours of tea. (branch)", timeout=30_000)
+    expect(messages.first).to_contain_text("Name three kinds of teapot.", timeout=30_000)  # the branch reopens
+    sidebar.locator("label").filter(has_text=f"{question} · 2 msg").first.click()
+    wait_for_text(messages.first, question)
+    wait_for_text(messages.last, second)
+    expect(page_label).to_have_text("answer 2/2")
+    assert [(m.role, m.text) for m in server.engine.messages(session_id)] == original
+    page.screenshot(path=str(shots / "3-original-after-reload.png"), full_page=True)
+
+    page.click("#rillet-undo")
+    expect(page.locator("#rillet-notice")).to_contain_text("The last turn was deleted.", timeout=30_000)
+    expect(messages).to_have_count(0)
+    assert server.engine.messages(session_id) == [] and server.engine.variants(session_id) == {}
+    page.screenshot(path=str(shots / "4-undone.png"), full_page=True)
+    context.close()

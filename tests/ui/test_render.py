@@ -85,3 +85,35 @@ def test_the_answer_bubble_says_where_the_turn_is() -> None:
         bubbles.append(render.answer_so_far(turn))
     assert bubbles == ["_Waiting for the model: 1 turn(s) ahead of this one…_", "…", "_Reading 2 passage(s)…_", "Two",
                        "Two words"]
+
+
+def test_branches_are_listed_under_their_parent_with_the_turn_they_left_from() -> None:
+    from datetime import UTC, datetime
+
+    from memory.records import SessionInfo
+
+    def info(id_: int, title: str, parent: int | None = None, point: int | None = None) -> SessionInfo:
+        now = datetime.now(UTC)
+        return SessionInfo(id_, title, None, None, None, 0, 0, 4, parent, point, now, now)
+
+    # most recent first, as the store lists them: the branches are newer than their parents
+    listed = [info(4, "deeper", 3, 2), info(3, "edited", 1, 0), info(2, "other"), info(5, "orphan", 99, 4),
+              info(1, "first")]
+    assert render.session_tree(listed) == [
+        ("other · 4 msg", 2), ("↳ orphan · 4 msg · from turn 2", 5), ("first · 4 msg", 1),
+        ("↳ edited · 4 msg · from the start", 3), (f"{render.INDENT}↳ deeper · 4 msg · from turn 1", 4)]
+
+
+def test_the_status_line_shows_the_last_turns_speed_and_the_pager_which_answer() -> None:
+    from types import SimpleNamespace
+
+    from memory.records import Variants
+
+    turn = SimpleNamespace(first_token_s=1.25, tokens_per_s=48.04)
+    line = render.status_line("student", "cpu, int8", 1200, 9 << 20, 8192, turn=turn)
+    assert "**State** 9.0 MB" in line and "**Last turn** first token 1.2 s, 48.0 tokens/s" in line
+    assert "Last turn" not in render.status_line("student", "cpu", 0, 0, None)
+    messages = [ChatMessage("user", "q", ordinal=0), ChatMessage("assistant", "b", ordinal=1)]
+    answers = [ChatMessage("assistant", "a"), ChatMessage("assistant", "b"), ChatMessage("assistant", "c")]
+    assert render.answer_page({1: Variants(1, answers, 1)}, messages) == "answer 2/3"
+    assert render.answer_page({}, messages) == "" and render.answer_page({1: Variants(1, answers, 0)}, []) == ""
