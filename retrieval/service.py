@@ -31,7 +31,7 @@ from backbone.errors import InvalidRequest, UserError
 from memory.db import make_sessionmaker, utcnow
 from memory.limits import COLLECTION_NAME_MAX
 from memory.text import NOT_IN_NAMES, codepoint
-from retrieval.catalog import Chunk, Collection, File
+from retrieval.catalog import Chunk, Collection, File, bump_generation
 from retrieval.chunking import Chunker
 from retrieval.crawl import PATH_MAX_CHARS
 from retrieval.embedder import Embedder, SentenceEmbedder, text_hash
@@ -191,6 +191,7 @@ class Retrieval:
         """The collection was embedded with another model: its vectors are useless, start over."""
         log.warning("Collection %d was embedded with another model; re-indexing it from scratch.", collection_id)
         with self.db.begin() as session:
+            bump_generation(session, collection_id)
             session.execute(delete(File).where(File.collection_id == collection_id))
         shutil.rmtree(store.folder / "bm25", ignore_errors=True)
         store.vectors_path.unlink(missing_ok=True)
@@ -232,12 +233,15 @@ class Retrieval:
             return load_hits(session, list(zip(ids, scores, strict=True)), roots)
 
     def _prepare_search(self, name: str, path_glob: str | None, language: str | None):  # type: ignore[no-untyped-def]
+        """The collection's roots, its store caught up with the catalog, and the chunk ids a filter allows."""
         with self.db() as session:
             collection = self._row(session, name)
-            collection_id, roots = collection.id, list(collection.roots)
+            collection_id, roots, generation = collection.id, list(collection.roots), collection.generation
             allowed = allowed_ids(session, collection_id, roots, path_glob, language) \
                 if path_glob or language else None
-        return roots, self._store(collection_id), allowed
+        store = self._store(collection_id)
+        store.catch_up(generation)
+        return roots, store, allowed
 
     def _vector_ranking(self, store: CollectionStore, vector: np.ndarray, k: int,
                         allowed: np.ndarray | None) -> tuple[list[int], list[float]]:
@@ -268,6 +272,7 @@ class Retrieval:
         hashes = [text_hash(latest[i][0]) for i in keys]
         vectors = store.vectors_for(hashes, [latest[i][0] for i in keys])
         with self.db.begin() as session:
+            bump_generation(session, collection_id)
             old_files = self._document_files(session, collection_id, keys)
             old_chunks = store.drop_chunks(session, list(old_files.values()), files=True)
             file_ids = session.scalars(insert(File).returning(File.id, sort_by_parameter_order=True), [
@@ -295,6 +300,7 @@ class Retrieval:
     def delete_documents(self, name: str, ids: Sequence[str]) -> int:
         collection_id, store = self._documents_collection(name)
         with self.db.begin() as session:
+            bump_generation(session, collection_id)
             files = self._document_files(session, collection_id, list(ids))
             chunks = store.drop_chunks(session, list(files.values()), files=True)
         store.change_vectors(chunks, save=True)

@@ -3,7 +3,12 @@
 The catalog commits first and the index files follow, so after a crash they may lag behind. On every
 load the set of vector ids is compared with the catalog's chunk ids: extra ids are removed, missing ones
 are added from the embedding cache (embedded afresh only if the cache lost them). Chunk rows are never
-updated in place, so equal id sets mean equal contents, for BM25 as well.
+updated in place and their ids never reused, so equal id sets mean equal contents, for BM25 as well.
+
+Other processes change the catalog too (another replica on the same database, `rillet index` beside the
+server): before each search `catch_up` is given the collection's generation, read with its row, and
+when it moved since this store last matched the catalog the same comparison runs again, so a search
+never answers from an index older than the generation it read.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ class CollectionStore:
         self._vectors_stamp: tuple[int, int] | None = None
         self._bm25: BM25Index | None = None
         self._bm25_stamp: tuple[int, int] | None = None
+        self._generation: int | None = None  # the catalog generation both indexes were last matched with
 
     # --- catalog ---------------------------------------------------------------------------------
     def catalog_ids(self) -> np.ndarray:
@@ -91,7 +97,8 @@ class CollectionStore:
         `vectors()` on the next load. `save`: write the index now, and let the keyword index reload."""
         with self.lock:
             index = self.vectors()
-            index.remove(np.array(removed, dtype=np.int64))
+            # `added` too: a `catch_up` between the commit and this call may have added them already.
+            index.remove(np.array([*removed, *added], dtype=np.int64))
             if len(added):
                 index.add(np.array(added, dtype=np.int64), vectors)
             if save:
@@ -113,21 +120,39 @@ class CollectionStore:
                 if index is None or index.dim != self._dim():
                     index = VectorIndex(self._dim())
                 self._vectors, self._vectors_stamp = index, stamp
-                if self._repair(index):
+                if self._repair(index, self.catalog_ids()):
+                    log.warning("Vector index of collection %d was out of step with the catalog (an interrupted "
+                                "run?); repaired.", self.collection_id)
                     self.save_vectors()
             return self._vectors
+
+    def catch_up(self, generation: int) -> None:
+        """Before a search: if the catalog's `generation` (read just before) is not the one both indexes were
+        last matched with, add and remove what changed since (vectors from the embedding cache) and rebuild
+        the keyword index if its chunks differ. Costs nothing while the generation stands still."""
+        with self.lock:
+            if generation == self._generation:
+                return
+            index = self.vectors()
+            catalog = self.catalog_ids()
+            if self._repair(index, catalog):
+                self.save_vectors()
+            if not np.array_equal(self.bm25().ids, catalog):
+                self.rebuild_bm25()
+            self._generation = generation
 
     def _dim(self) -> int:
         return int(self.embedder.dim)
 
-    def _repair(self, index: VectorIndex) -> bool:
-        catalog, stored = self.catalog_ids(), np.sort(index.ids())
+    def _repair(self, index: VectorIndex, catalog: np.ndarray) -> bool:
+        """Make `index` hold exactly the `catalog` ids; whether anything changed."""
+        stored = np.sort(index.ids())
         if np.array_equal(catalog, stored):
             return False
         extra = np.setdiff1d(stored, catalog, assume_unique=True)
         missing = np.setdiff1d(catalog, stored, assume_unique=True)
-        log.warning("Vector index of collection %d is out of step with the catalog (an interrupted run?): "
-                    "removing %d, adding %d vectors.", self.collection_id, len(extra), len(missing))
+        log.info("Vector index of collection %d: removing %d and adding %d vectors to match the catalog.",
+                 self.collection_id, len(extra), len(missing))
         index.remove(extra)
         if len(missing):
             rows = self.chunk_texts(missing)
