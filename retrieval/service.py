@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from sqlalchemy import Engine, delete, func, insert, select, update
@@ -51,6 +51,7 @@ from retrieval.search import (
 from retrieval.store import CollectionStore
 
 log = logging.getLogger(__name__)
+VectorStoreKind = Literal["faiss", "pgvector"]
 DOCUMENT = "document"  # the language of documents added through the API
 UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # what no database text column takes
 
@@ -82,8 +83,15 @@ class CollectionInfo:
 
 class Retrieval:
     def __init__(self, db: Engine | sessionmaker[Session], index_dir: Path | str, embedder: Embedder | None = None,
-                 *, max_file_bytes: int | None = None) -> None:
+                 *, max_file_bytes: int | None = None, vector_store: VectorStoreKind = "faiss") -> None:
         self.db = db if isinstance(db, sessionmaker) else make_sessionmaker(db)
+        if vector_store not in ("faiss", "pgvector"):
+            raise InvalidRequest(f"Unknown vector store {vector_store!r}; use faiss or pgvector.")
+        self.vector_store = vector_store
+        if vector_store == "pgvector":
+            from retrieval.pgvector_index import ensure_pgvector
+
+            ensure_pgvector(self.db.kw["bind"])
         self.index_dir = Path(index_dir).expanduser()
         self.embedder: Embedder = embedder or SentenceEmbedder()
         self.cache = EmbeddingCache(self.db, self.embedder.name) if self.embedder.cacheable else None
@@ -162,6 +170,10 @@ class Retrieval:
         with self._stores_lock:
             self._stores.pop(collection_id, None)
         shutil.rmtree(self._folder(collection_id), ignore_errors=True)
+        if self.vector_store == "pgvector":
+            from retrieval.pgvector_index import drop_table
+
+            drop_table(self.db, collection_id)
         if self.cache is not None:
             self.cache.prune()
 
@@ -340,6 +352,16 @@ class Retrieval:
         with self._stores_lock:
             if collection_id not in self._stores:
                 self._stores[collection_id] = CollectionStore(self._folder(collection_id), collection_id,
-                                                              self.db, self.embedder, self.cache)
+                                                              self.db, self.embedder, self.cache,
+                                                              new_vectors=self._vectors_factory(collection_id))
             return self._stores[collection_id]
+
+    def _vectors_factory(self, collection_id: int) -> Callable[[int], Any] | None:
+        """How a collection's vector index is made: None for FAISS (the store's default, a file per
+        collection), a table in the database for pgvector."""
+        if self.vector_store != "pgvector":
+            return None
+        from retrieval.pgvector_index import PgVectorIndex
+
+        return lambda dim: PgVectorIndex(self.db, collection_id, dim)
 

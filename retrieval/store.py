@@ -46,9 +46,13 @@ def embed_text(header: str | None, text: str) -> str:
 
 class CollectionStore:
     def __init__(self, folder: Path, collection_id: int, db: sessionmaker[Session], embedder: Embedder,
-                 cache: EmbeddingCache | None) -> None:
+                 cache: EmbeddingCache | None, *, new_vectors: Callable[[int], VectorIndex] | None = None) -> None:
+        """`new_vectors(dim)`: an empty vector index of another kind than a FAISS file (pgvector's table);
+        such an index writes every change through, so there is no file to load or save."""
         self.folder, self.collection_id, self.db = Path(folder), collection_id, db
         self.embedder, self.cache = embedder, cache
+        self.new_vectors = new_vectors or VectorIndex
+        self.vector_file = new_vectors is None
         self.vectors_path, self.bm25_path = self.folder / "vectors.faiss", self.folder / "bm25"
         self.lock = threading.RLock()  # held briefly, around reads and changes of the in-memory indexes
         self.write_lock = threading.Lock()  # held for a whole indexing run
@@ -109,7 +113,7 @@ class CollectionStore:
     def vectors(self) -> VectorIndex:
         """The collection's vector index, loaded (again if another process rewrote it) and repaired."""
         with self.lock:
-            stamp = _stamp(self.vectors_path)
+            stamp = _stamp(self.vectors_path) if self.vector_file else None
             if self._vectors is None or stamp != self._vectors_stamp:
                 index = None
                 if stamp is not None:
@@ -118,7 +122,7 @@ class CollectionStore:
                     except RuntimeError as exc:
                         log.warning("Vector index %s is unreadable (%s); rebuilding it.", self.vectors_path, exc)
                 if index is None or index.dim != self._dim():
-                    index = VectorIndex(self._dim())
+                    index = self.new_vectors(self._dim())
                 self._vectors, self._vectors_stamp = index, stamp
                 if self._repair(index, self.catalog_ids()):
                     log.warning("Vector index of collection %d was out of step with the catalog (an interrupted "
