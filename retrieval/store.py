@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from backbone.errors import UserError
@@ -33,6 +33,7 @@ from retrieval.embedding_cache import EmbeddingCache, batched
 from retrieval.vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
+WRITER_LOCK = 0x52494C  # advisory lock class of collection writers on PostgreSQL (the collection id is the key)
 EMBED_SLICE = 256  # texts per embedding call (longest first), so progress moves while a pool embeds
 
 
@@ -220,7 +221,31 @@ class CollectionStore:
     # --- writers ---------------------------------------------------------------------------------
     @contextmanager
     def writer(self) -> Iterator[None]:
-        """One writer per collection across processes (a lock file), and per store within this one."""
+        """One writer per collection: per store within this process, across processes on this data directory
+        (a lock file), and across replicas on PostgreSQL (an advisory lock held for the run)."""
+        with self._file_lock(), self._replica_lock():
+            yield
+
+    @contextmanager
+    def _replica_lock(self) -> Iterator[None]:
+        engine = self.db.kw["bind"]
+        if engine.dialect.name != "postgresql":
+            yield
+            return
+        with engine.connect() as conn:
+            key = {"kind": WRITER_LOCK, "id": self.collection_id}
+            if not conn.scalar(text("SELECT pg_try_advisory_lock(:kind, :id)"), key):
+                raise CollectionBusyError("This collection is being indexed by another replica; wait for it to "
+                                          "finish.")
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:kind, :id)"), key)
+                conn.commit()
+
+    @contextmanager
+    def _file_lock(self) -> Iterator[None]:
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.folder / ".lock", "a+") as handle:
             if not self.write_lock.acquire(blocking=False):

@@ -8,11 +8,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pytest
 from sqlalchemy import select
 
 from retrieval.catalog import Collection
 from retrieval.embedder import SentenceEmbedder
 from retrieval.service import Retrieval
+from retrieval.store import CollectionBusyError
 from tests.retrieval.conftest import open_retrieval
 from tests.retrieval.repo import TOPICS, helpers_module
 from tests.retrieval.test_service import consistent
@@ -98,3 +100,23 @@ def test_an_unchanged_generation_costs_no_catalog_read(sqlite_url: str, tmp_path
     a.index("shared")
     assert paths(b, "a kite on the beach")[0] == "more.md"
     assert reads  # the moved generation made B compare
+
+
+@pytest.mark.postgres
+def test_one_replica_at_a_time_indexes_a_collection(postgres_url: str, tmp_path: Path,
+                                                    embedder: SentenceEmbedder) -> None:
+    """Each replica's lock file is in its own data directory; on PostgreSQL an advisory lock per collection
+    keeps a second replica from indexing it at the same time, and is released when the first is done."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "notes.md").write_text("# Kettle\n\nThe kettle boils water at the press of the red button.\n")
+    a = open_retrieval(postgres_url, tmp_path / "a", embedder)
+    b = open_retrieval(postgres_url, tmp_path / "b", embedder)
+    name = f"busy-{tmp_path.name}"
+    a.create_collection(name, [folder])
+    with a.db() as session:
+        store = a._store(session.scalar(select(Collection.id).where(Collection.name == name)))
+    with store.writer(), pytest.raises(CollectionBusyError, match="another replica"):
+        b.index(name)
+    assert b.index(name).indexed == 1
+    a.delete_collection(name)
