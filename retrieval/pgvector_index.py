@@ -28,7 +28,8 @@ from backbone.errors import SetupError
 from retrieval.embedding_cache import batched
 
 log = logging.getLogger(__name__)
-EF_SEARCH_MIN = 40  # pgvector's default; a query asks for at least as many candidates as it wants hits
+# Candidates HNSW keeps while searching (pgvector's default is 40): more than a search's hits, for recall.
+EF_SEARCH_MIN = 100
 WRITE_BATCH = 1000
 
 
@@ -115,7 +116,7 @@ class PgVectorIndex:
             stmt = stmt.where(self.table.c.chunk_id.in_([int(i) for i in allowed]))
         with self.db.begin() as session:
             if allowed is None:
-                session.execute(text(f"SET LOCAL hnsw.ef_search = {max(EF_SEARCH_MIN, int(k))}"))
+                session.execute(text(f"SET LOCAL hnsw.ef_search = {max(EF_SEARCH_MIN, 2 * int(k))}"))
             else:
                 session.execute(text("SET LOCAL enable_indexscan = off"))  # exact: scan the allowed rows only
             for row, query in enumerate(queries):
