@@ -1,17 +1,18 @@
 """Replicas on one PostgreSQL: catch-up after another replica indexes files, and FAISS against pgvector.
 
-Catch-up: replica A indexes N new files (default 1,000, one function each) into a collection that
-replica B already has loaded; B's next search catches up from the catalog and the embedding cache. Its
-time is compared with what B would spend without the generation check's incremental path: a cold
-start (an empty index folder, every vector read from the cache) and embedding the new chunks afresh
-(A's embedding time). Vector stores: synthetic unit vectors clustered like sentence embeddings (as in
-search_latency), added through each store's own `add` and searched one query at a time through its
-own `search` (k = 10), FAISS (each replica's RAM) against pgvector (HNSW, cosine, in PostgreSQL),
-recall@10 against exact search; memory is this process's RSS growth for FAISS and the table's size
-on disk for pgvector (a replica holds none of those vectors).
+Catch-up: replica A indexes N new files (default 1,000, one function each) into a collection of 20,000
+files that replica B already has loaded (their vectors synthetic, put in the embedding cache beforehand);
+B's next search catches up from the catalog and the embedding cache. Its time is compared with what B
+would spend without the incremental path: a cold start (an empty index folder, every vector read from
+the cache) and embedding the new chunks afresh (A's embedding time). Vector stores: synthetic unit
+vectors clustered like sentence embeddings (as in search_latency), added through each store's own `add`
+and searched one query at a time through its own `search` (k = 10), FAISS (each replica's RAM) against
+pgvector (HNSW, cosine, in PostgreSQL), recall@10 against exact search. Memory: FAISS's index as it
+serializes (what each replica holds; building an IVF index briefly needs twice that), pgvector's table
+and HNSW index on disk (a replica holds none of it).
 
-    python -m bench.replicas [--files 1000] [--sizes 10000 100000 1000000] [--pgvector-up-to 10000]
-                             [--queries 200]
+    python -m bench.replicas [--files 1000] [--base-files 20000] [--sizes 10000 100000 1000000]
+                             [--pgvector-up-to 10000] [--queries 200]
 
 pgvector's HNSW grows one insert at a time, as the store adds a collection's chunks (about 5 ms a vector
 here): past 10k vectors that takes from minutes to hours on a shared 2-core CPU, so by default the larger
@@ -26,7 +27,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import resource
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -57,13 +57,26 @@ class CountingEmbedder:
         return self.inner.embed(texts)
 
 
-def write_files(folder: Path, n: int, rng: np.random.Generator) -> None:
+def write_files(folder: Path, n: int, rng: np.random.Generator, start: int = 0) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
+    for i in range(start, start + n):
         verb, noun, other = rng.choice(WORDS), rng.choice(NOUNS), rng.choice(NOUNS)
         (folder / f"mod_{i:05d}.py").write_text(
             f'def {verb}_{noun}_{i}(items):\n    """{verb.capitalize()} the {noun} items of the {other} '
             f'(case {i})."""\n    return [{verb}(x) for x in items if x.{other}_id == {i}]\n')
+
+
+def cache_synthetic_vectors(retrieval, folder: Path, rng: np.random.Generator) -> None:  # type: ignore[no-untyped-def]
+    """Put a random unit vector in the embedding cache for every chunk of the files in `folder`, so that a
+    large collection is indexed without hours of embedding (the catch-up reads vectors, never judges them)."""
+    from retrieval.embedder import text_hash
+    from retrieval.parse import parse
+
+    hashes = [text_hash(c.embed_text) for path in sorted(folder.iterdir())
+              for c in retrieval.chunker.chunk(parse(path.read_bytes(), "python"), path.name)]
+    vectors = rng.standard_normal((len(hashes), DIM), dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    retrieval.cache.put(dict(zip(hashes, vectors, strict=True)))
 
 
 def timed(call: Callable[[], object]) -> float:
@@ -72,7 +85,7 @@ def timed(call: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def catch_up_rows(n_files: int, url: str) -> list[str]:
+def catch_up_rows(n_files: int, base_files: int, url: str) -> list[str]:
     from memory.db import make_engine
     from retrieval.embedder import SentenceEmbedder
     from retrieval.service import Retrieval
@@ -83,15 +96,17 @@ def catch_up_rows(n_files: int, url: str) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         folder = work / "project"
-        write_files(folder, 10, rng)
+        write_files(folder, base_files, rng, start=n_files + 10)
         a = Retrieval(make_engine(url), work / "a", embedder)
         counted = CountingEmbedder(embedder)
         b = Retrieval(make_engine(url), work / "b", counted)  # type: ignore[arg-type]
+        cache_synthetic_vectors(a, folder, rng)
         a.create_collection("project", [folder])
         a.index("project")
+        write_files(folder, 10, rng)  # 10 files that A's run below changes
         b.search("project", "parse the invoice items")  # B has the collection loaded
         steady_before = timed(lambda: b.search("project", "parse the invoice items"))
-        write_files(folder, n_files + 10, rng)  # 10 rewritten (changed) and n_files new
+        write_files(folder, n_files + 10, rng)  # the 10 rewritten (changed) and n_files new
         report = a.index("project")
         print(f"A indexed {report.indexed} files, {report.chunks_added} chunks, in {report.seconds:.1f} s", flush=True)
         catch_up = timed(lambda: b.search("project", "compress the image items"))
@@ -121,11 +136,6 @@ def clustered(rng: np.random.Generator, n: int, centres: np.ndarray) -> np.ndarr
     return out
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
-
-
 def percentiles(ms: np.ndarray) -> str:
     return f"{np.percentile(ms, 50):.2f} | {np.percentile(ms, 99):.2f}"
 
@@ -145,6 +155,8 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
 
 def store_rows(size: int, n_queries: int, pg_url: str | None, rng: np.random.Generator) -> list[str]:
     """FAISS at `size` vectors, and pgvector too when `pg_url` is given."""
+    import faiss
+
     from retrieval.vector_index import VectorIndex
 
     centres = rng.standard_normal((1000, DIM), dtype=np.float32)
@@ -157,10 +169,9 @@ def store_rows(size: int, n_queries: int, pg_url: str | None, rng: np.random.Gen
     truth = exact.search(queries, 10)[1]
     del exact
 
-    before = rss_bytes()
     flat = VectorIndex(DIM)
     build = timed(lambda: [flat.add(ids[s : s + 100_000], vectors[s : s + 100_000]) for s in range(0, size, 100_000)])
-    memory = rss_bytes() - before
+    memory = len(faiss.serialize_index(flat.index))
     ms = latencies(lambda q: flat.search(q, 10), queries)
     kind = "IVF" if flat.is_ivf else "flat"
     rows = [f"| {size:,} | FAISS ({kind}, each replica's RAM) | {build:.1f} | {percentiles(ms)} "
@@ -198,6 +209,8 @@ def store_rows(size: int, n_queries: int, pg_url: str | None, rng: np.random.Gen
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--files", type=int, default=1000)
+    parser.add_argument("--base-files", type=int, default=20_000,
+                        help="files B has loaded before A's run (their vectors synthetic, put in the cache)")
     parser.add_argument("--sizes", nargs="+", type=int, default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--pgvector-up-to", type=int, default=10_000, help="largest size measured on pgvector")
     parser.add_argument("--queries", type=int, default=200)
@@ -217,7 +230,7 @@ def main() -> None:
     try:
         url = make_url(server).set(database=name).render_as_string(hide_password=False)
         upgrade(url)
-        catch_up = catch_up_rows(args.files, url)
+        catch_up = catch_up_rows(args.files, args.base_files, url)
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -244,9 +257,9 @@ def main() -> None:
               "| --- | --- | --- | --- | --- | --- | --- |", *stores]
     table = "\n".join(tables)
     print(table)
-    RESULTS.write_text("# Replicas\n\n`python -m bench.replicas " + " ".join(
-        [f"--files {args.files}", "--sizes", *map(str, args.sizes), f"--pgvector-up-to {args.pgvector_up_to}",
-         f"--queries {args.queries}"]) + "` on a shared "
+    command = " ".join([f"--files {args.files}", f"--base-files {args.base_files}", "--sizes", *map(str, args.sizes),
+                        f"--pgvector-up-to {args.pgvector_up_to}", f"--queries {args.queries}"])
+    RESULTS.write_text("# Replicas\n\n`python -m bench.replicas " + command + "` on a shared "
         "2-core CPU, PostgreSQL 15 (catch-up) and pgserver's PostgreSQL 16 with pgvector 0.6 (stores).\n\n"
         + " ".join(" ".join(p.split("\n")) for p in __doc__.split("\n\n")[1:2]) + "\n\n" + table + "\n")
     print(f"wrote {RESULTS.relative_to(REPO)}")

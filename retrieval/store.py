@@ -126,8 +126,9 @@ class CollectionStore:
                     index = self.new_vectors(self._dim())
                 self._vectors, self._vectors_stamp = index, stamp
                 if self._repair(index, self.catalog_ids()):
-                    log.warning("Vector index of collection %d was out of step with the catalog (an interrupted "
-                                "run?); repaired.", self.collection_id)
+                    if stamp is not None:  # a file lagging behind; no file at all is a new replica or store
+                        log.warning("Vector index of collection %d was out of step with the catalog (an "
+                                    "interrupted run?); repaired.", self.collection_id)
                     self.save_vectors()
             return self._vectors
 
