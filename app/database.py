@@ -10,7 +10,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.pool import StaticPool
 
 import memory.models
@@ -29,10 +29,17 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
+# Replicas starting together on one PostgreSQL database each upgrade it at start: one transaction-scoped
+# advisory lock (any constant key) makes them take turns, and the later ones find the schema up to date.
+MIGRATION_LOCK = 0x52494C4C  # "RILL"
+
+
 def _migrate(url: str, revision: str, direction: str) -> None:
     engine = make_engine(url)
     try:
         with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             cfg = alembic_config(url)
             cfg.attributes["connection"] = conn
             getattr(command, direction)(cfg, revision)

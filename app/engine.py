@@ -181,7 +181,7 @@ class ChatEngine:
         self.registry = registry or shared_registry(settings)
         database = None if store is not None and retrieval is not None else open_database(settings.db_url)
         self.store = store or SessionStore(database)
-        self.retrieval = retrieval or Retrieval(database, settings.indexes)
+        self.retrieval = retrieval or Retrieval(database, settings.indexes, vector_store=settings.vector_store)
         self.recall = SessionRecall(self.store, self.retrieval.embedder, settings.recall_dir,
                                     new_index=_new_index, load_index=_load_index)
         self._states: OrderedDict[int, _Cached] = OrderedDict()

@@ -23,7 +23,7 @@ MiB = 1 << 20
 
 def open_retrieval(settings: Settings, max_file_mb: float | None = None) -> Retrieval:
     settings.ensure_dirs()
-    return Retrieval(open_database(settings.db_url), settings.indexes,
+    return Retrieval(open_database(settings.db_url), settings.indexes, vector_store=settings.vector_store,
                      max_file_bytes=int(max_file_mb * MiB) if max_file_mb else None)
 
 

@@ -2,7 +2,12 @@
 
 The catalog is the source of truth; the FAISS and BM25 files beside it are caches that can always be
 rebuilt from it (chunk texts here, their vectors in `embeddings`), which is what makes a crash harmless.
-A chunk's primary key is also its vector id in FAISS.
+A chunk's primary key is also its vector id in FAISS, and is never used twice (a sequence on PostgreSQL,
+AUTOINCREMENT on SQLite), so two caches holding the same ids hold the same chunks.
+
+A collection's `generation` counts the changes to its chunks: every transaction that adds or removes
+chunks bumps it first (`bump_generation`), so a process (another replica, the CLI beside the server)
+that last matched its caches to an older generation knows, from one column, that it must catch up.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    update,
 )
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
 import memory.users  # noqa: F401  (the users who own collections)
 from memory.db import Base, utcnow
@@ -39,6 +45,7 @@ class Collection(Base):
     embedding_model: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     indexed_at: Mapped[datetime | None] = mapped_column()
+    generation: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
     files: Mapped[list[File]] = relationship(
         back_populates="collection", cascade="all, delete-orphan", passive_deletes=True
@@ -83,7 +90,7 @@ class Chunk(Base):
     """A passage with its 1-based line span (and page or notebook cell); `id` is its FAISS vector id."""
 
     __tablename__ = "chunks"
-    __table_args__ = (UniqueConstraint("file_id", "ordinal"),)
+    __table_args__ = (UniqueConstraint("file_id", "ordinal"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(primary_key=True)
     file_id: Mapped[int] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"), index=True)
@@ -108,3 +115,11 @@ class Embedding(Base):
     text_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     vector: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+def bump_generation(session: Session, collection_id: int) -> int:
+    """The collection's next generation, as the first statement of a transaction that changes its chunks.
+    On PostgreSQL it also takes the collection row's lock, so writers of one collection commit in the
+    order of their generations."""
+    return int(session.scalar(update(Collection).where(Collection.id == collection_id)
+                              .values(generation=Collection.generation + 1).returning(Collection.generation)))

@@ -20,7 +20,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from retrieval.catalog import Chunk, File
+from retrieval.catalog import Chunk, File, bump_generation
 from retrieval.chunking import Chunker, PlannedChunk
 from retrieval.crawl import Crawler, Entry
 from retrieval.embedder import text_hash
@@ -166,6 +166,7 @@ class Indexer:
         if not file_ids:
             return
         with self.db.begin() as session:
+            bump_generation(session, self.collection_id)
             chunk_ids = self.store.drop_chunks(session, file_ids, files=True)
         self.store.change_vectors(chunk_ids)
         self.report.removed += len(file_ids)
@@ -226,6 +227,7 @@ class Indexer:
         hashes = [text_hash(t) for t in texts]
         vectors = self._vectors(hashes, texts)
         with self.db.begin() as session:
+            bump_generation(session, self.collection_id)
             old_ids = self.store.drop_chunks(
                 session, [o.file_id for o in batch if o.file_id is not None and o.status != "same"], files=False)
             file_ids = self._write_files(session, batch)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from sqlalchemy import Engine, delete, func, insert, select, update
@@ -31,7 +31,7 @@ from backbone.errors import InvalidRequest, UserError
 from memory.db import make_sessionmaker, utcnow
 from memory.limits import COLLECTION_NAME_MAX
 from memory.text import NOT_IN_NAMES, codepoint
-from retrieval.catalog import Chunk, Collection, File
+from retrieval.catalog import Chunk, Collection, File, bump_generation
 from retrieval.chunking import Chunker
 from retrieval.crawl import PATH_MAX_CHARS
 from retrieval.embedder import Embedder, SentenceEmbedder, text_hash
@@ -51,6 +51,7 @@ from retrieval.search import (
 from retrieval.store import CollectionStore
 
 log = logging.getLogger(__name__)
+VectorStoreKind = Literal["faiss", "pgvector"]
 DOCUMENT = "document"  # the language of documents added through the API
 UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # what no database text column takes
 
@@ -82,8 +83,15 @@ class CollectionInfo:
 
 class Retrieval:
     def __init__(self, db: Engine | sessionmaker[Session], index_dir: Path | str, embedder: Embedder | None = None,
-                 *, max_file_bytes: int | None = None) -> None:
+                 *, max_file_bytes: int | None = None, vector_store: VectorStoreKind = "faiss") -> None:
         self.db = db if isinstance(db, sessionmaker) else make_sessionmaker(db)
+        if vector_store not in ("faiss", "pgvector"):
+            raise InvalidRequest(f"Unknown vector store {vector_store!r}; use faiss or pgvector.")
+        self.vector_store = vector_store
+        if vector_store == "pgvector":
+            from retrieval.pgvector_index import ensure_pgvector
+
+            ensure_pgvector(self.db.kw["bind"])
         self.index_dir = Path(index_dir).expanduser()
         self.embedder: Embedder = embedder or SentenceEmbedder()
         self.cache = EmbeddingCache(self.db, self.embedder.name) if self.embedder.cacheable else None
@@ -162,6 +170,10 @@ class Retrieval:
         with self._stores_lock:
             self._stores.pop(collection_id, None)
         shutil.rmtree(self._folder(collection_id), ignore_errors=True)
+        if self.vector_store == "pgvector":
+            from retrieval.pgvector_index import drop_table
+
+            drop_table(self.db, collection_id)
         if self.cache is not None:
             self.cache.prune()
 
@@ -191,6 +203,7 @@ class Retrieval:
         """The collection was embedded with another model: its vectors are useless, start over."""
         log.warning("Collection %d was embedded with another model; re-indexing it from scratch.", collection_id)
         with self.db.begin() as session:
+            bump_generation(session, collection_id)
             session.execute(delete(File).where(File.collection_id == collection_id))
         shutil.rmtree(store.folder / "bm25", ignore_errors=True)
         store.vectors_path.unlink(missing_ok=True)
@@ -232,12 +245,15 @@ class Retrieval:
             return load_hits(session, list(zip(ids, scores, strict=True)), roots)
 
     def _prepare_search(self, name: str, path_glob: str | None, language: str | None):  # type: ignore[no-untyped-def]
+        """The collection's roots, its store caught up with the catalog, and the chunk ids a filter allows."""
         with self.db() as session:
             collection = self._row(session, name)
-            collection_id, roots = collection.id, list(collection.roots)
+            collection_id, roots, generation = collection.id, list(collection.roots), collection.generation
             allowed = allowed_ids(session, collection_id, roots, path_glob, language) \
                 if path_glob or language else None
-        return roots, self._store(collection_id), allowed
+        store = self._store(collection_id)
+        store.catch_up(generation)
+        return roots, store, allowed
 
     def _vector_ranking(self, store: CollectionStore, vector: np.ndarray, k: int,
                         allowed: np.ndarray | None) -> tuple[list[int], list[float]]:
@@ -268,6 +284,7 @@ class Retrieval:
         hashes = [text_hash(latest[i][0]) for i in keys]
         vectors = store.vectors_for(hashes, [latest[i][0] for i in keys])
         with self.db.begin() as session:
+            bump_generation(session, collection_id)
             old_files = self._document_files(session, collection_id, keys)
             old_chunks = store.drop_chunks(session, list(old_files.values()), files=True)
             file_ids = session.scalars(insert(File).returning(File.id, sort_by_parameter_order=True), [
@@ -295,6 +312,7 @@ class Retrieval:
     def delete_documents(self, name: str, ids: Sequence[str]) -> int:
         collection_id, store = self._documents_collection(name)
         with self.db.begin() as session:
+            bump_generation(session, collection_id)
             files = self._document_files(session, collection_id, list(ids))
             chunks = store.drop_chunks(session, list(files.values()), files=True)
         store.change_vectors(chunks, save=True)
@@ -334,6 +352,16 @@ class Retrieval:
         with self._stores_lock:
             if collection_id not in self._stores:
                 self._stores[collection_id] = CollectionStore(self._folder(collection_id), collection_id,
-                                                              self.db, self.embedder, self.cache)
+                                                              self.db, self.embedder, self.cache,
+                                                              new_vectors=self._vectors_factory(collection_id))
             return self._stores[collection_id]
+
+    def _vectors_factory(self, collection_id: int) -> Callable[[int], Any] | None:
+        """How a collection's vector index is made: None for FAISS (the store's default, a file per
+        collection), a table in the database for pgvector."""
+        if self.vector_store != "pgvector":
+            return None
+        from retrieval.pgvector_index import PgVectorIndex
+
+        return lambda dim: PgVectorIndex(self.db, collection_id, dim)
 

@@ -3,7 +3,12 @@
 The catalog commits first and the index files follow, so after a crash they may lag behind. On every
 load the set of vector ids is compared with the catalog's chunk ids: extra ids are removed, missing ones
 are added from the embedding cache (embedded afresh only if the cache lost them). Chunk rows are never
-updated in place, so equal id sets mean equal contents, for BM25 as well.
+updated in place and their ids never reused, so equal id sets mean equal contents, for BM25 as well.
+
+Other processes change the catalog too (another replica on the same database, `rillet index` beside the
+server): before each search `catch_up` is given the collection's generation, read with its row, and
+when it moved since this store last matched the catalog the same comparison runs again, so a search
+never answers from an index older than the generation it read.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from backbone.errors import UserError
@@ -28,6 +33,7 @@ from retrieval.embedding_cache import EmbeddingCache, batched
 from retrieval.vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
+WRITER_LOCK = 0x52494C  # advisory lock class of collection writers on PostgreSQL (the collection id is the key)
 EMBED_SLICE = 256  # texts per embedding call (longest first), so progress moves while a pool embeds
 
 
@@ -41,9 +47,13 @@ def embed_text(header: str | None, text: str) -> str:
 
 class CollectionStore:
     def __init__(self, folder: Path, collection_id: int, db: sessionmaker[Session], embedder: Embedder,
-                 cache: EmbeddingCache | None) -> None:
+                 cache: EmbeddingCache | None, *, new_vectors: Callable[[int], VectorIndex] | None = None) -> None:
+        """`new_vectors(dim)`: an empty vector index of another kind than a FAISS file (pgvector's table);
+        such an index writes every change through, so there is no file to load or save."""
         self.folder, self.collection_id, self.db = Path(folder), collection_id, db
         self.embedder, self.cache = embedder, cache
+        self.new_vectors = new_vectors or VectorIndex
+        self.vector_file = new_vectors is None
         self.vectors_path, self.bm25_path = self.folder / "vectors.faiss", self.folder / "bm25"
         self.lock = threading.RLock()  # held briefly, around reads and changes of the in-memory indexes
         self.write_lock = threading.Lock()  # held for a whole indexing run
@@ -51,6 +61,7 @@ class CollectionStore:
         self._vectors_stamp: tuple[int, int] | None = None
         self._bm25: BM25Index | None = None
         self._bm25_stamp: tuple[int, int] | None = None
+        self._generation: int | None = None  # the catalog generation both indexes were last matched with
 
     # --- catalog ---------------------------------------------------------------------------------
     def catalog_ids(self) -> np.ndarray:
@@ -91,7 +102,8 @@ class CollectionStore:
         `vectors()` on the next load. `save`: write the index now, and let the keyword index reload."""
         with self.lock:
             index = self.vectors()
-            index.remove(np.array(removed, dtype=np.int64))
+            # `added` too: a `catch_up` between the commit and this call may have added them already.
+            index.remove(np.array([*removed, *added], dtype=np.int64))
             if len(added):
                 index.add(np.array(added, dtype=np.int64), vectors)
             if save:
@@ -102,7 +114,7 @@ class CollectionStore:
     def vectors(self) -> VectorIndex:
         """The collection's vector index, loaded (again if another process rewrote it) and repaired."""
         with self.lock:
-            stamp = _stamp(self.vectors_path)
+            stamp = _stamp(self.vectors_path) if self.vector_file else None
             if self._vectors is None or stamp != self._vectors_stamp:
                 index = None
                 if stamp is not None:
@@ -111,23 +123,42 @@ class CollectionStore:
                     except RuntimeError as exc:
                         log.warning("Vector index %s is unreadable (%s); rebuilding it.", self.vectors_path, exc)
                 if index is None or index.dim != self._dim():
-                    index = VectorIndex(self._dim())
+                    index = self.new_vectors(self._dim())
                 self._vectors, self._vectors_stamp = index, stamp
-                if self._repair(index):
+                if self._repair(index, self.catalog_ids()):
+                    if stamp is not None:  # a file lagging behind; no file at all is a new replica or store
+                        log.warning("Vector index of collection %d was out of step with the catalog (an "
+                                    "interrupted run?); repaired.", self.collection_id)
                     self.save_vectors()
             return self._vectors
+
+    def catch_up(self, generation: int) -> None:
+        """Before a search: if the catalog's `generation` (read just before) is not the one both indexes were
+        last matched with, add and remove what changed since (vectors from the embedding cache) and rebuild
+        the keyword index if its chunks differ. Costs nothing while the generation stands still."""
+        with self.lock:
+            if generation == self._generation:
+                return
+            index = self.vectors()
+            catalog = self.catalog_ids()
+            if self._repair(index, catalog):
+                self.save_vectors()
+            if not np.array_equal(self.bm25().ids, catalog):
+                self.rebuild_bm25()
+            self._generation = generation
 
     def _dim(self) -> int:
         return int(self.embedder.dim)
 
-    def _repair(self, index: VectorIndex) -> bool:
-        catalog, stored = self.catalog_ids(), np.sort(index.ids())
+    def _repair(self, index: VectorIndex, catalog: np.ndarray) -> bool:
+        """Make `index` hold exactly the `catalog` ids; whether anything changed."""
+        stored = np.sort(index.ids())
         if np.array_equal(catalog, stored):
             return False
         extra = np.setdiff1d(stored, catalog, assume_unique=True)
         missing = np.setdiff1d(catalog, stored, assume_unique=True)
-        log.warning("Vector index of collection %d is out of step with the catalog (an interrupted run?): "
-                    "removing %d, adding %d vectors.", self.collection_id, len(extra), len(missing))
+        log.info("Vector index of collection %d: removing %d and adding %d vectors to match the catalog.",
+                 self.collection_id, len(extra), len(missing))
         index.remove(extra)
         if len(missing):
             rows = self.chunk_texts(missing)
@@ -191,7 +222,31 @@ class CollectionStore:
     # --- writers ---------------------------------------------------------------------------------
     @contextmanager
     def writer(self) -> Iterator[None]:
-        """One writer per collection across processes (a lock file), and per store within this one."""
+        """One writer per collection: per store within this process, across processes on this data directory
+        (a lock file), and across replicas on PostgreSQL (an advisory lock held for the run)."""
+        with self._file_lock(), self._replica_lock():
+            yield
+
+    @contextmanager
+    def _replica_lock(self) -> Iterator[None]:
+        engine = self.db.kw["bind"]
+        if engine.dialect.name != "postgresql":
+            yield
+            return
+        with engine.connect() as conn:
+            key = {"kind": WRITER_LOCK, "id": self.collection_id}
+            if not conn.scalar(text("SELECT pg_try_advisory_lock(:kind, :id)"), key):
+                raise CollectionBusyError("This collection is being indexed by another replica; wait for it to "
+                                          "finish.")
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:kind, :id)"), key)
+                conn.commit()
+
+    @contextmanager
+    def _file_lock(self) -> Iterator[None]:
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.folder / ".lock", "a+") as handle:
             if not self.write_lock.acquire(blocking=False):

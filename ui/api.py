@@ -137,6 +137,12 @@ def add_api(engine: ChatEngine) -> None:
                 "chunks": report.chunks_total, "skipped": len(report.skipped), "failed": len(report.failed),
                 "seconds": round(report.seconds, 2)}
 
+    def search(collection: str, query: str, k: int = 5) -> list[dict[str, Any]]:
+        """The `k` passages of `collection` that best match `query`, best first (what a turn would cite)."""
+        hits = guard(lambda: engine.retrieval.search(collection, query, k=int(k)))
+        return [{"citation": h.citation, "file": h.path, "start_line": h.start_line, "end_line": h.end_line,
+                 "text": h.text, "score": h.score} for h in hits]
+
     def cancel(session_id: int) -> int:
         """Stop the session's answer in progress; the number of turns stopped."""
         return engine.cancel(int(session_id))
@@ -199,7 +205,7 @@ def add_api(engine: ChatEngine) -> None:
         return _view(guard(lambda: engine.branch(int(session_id), int(keep))))
 
     for fn in (list_sessions, create_session, load_session, rename_session, delete_session, list_collections,
-               cancel, choose_answer, undo, branch, regenerate, edit):
+               search, cancel, choose_answer, undo, branch, regenerate, edit):
         gr.api(fn, api_name=fn.__name__, concurrency_limit=None)
     gr.api(index_folder, api_name="index_folder", concurrency_limit=1, concurrency_id="index")
     gr.api(ask, api_name="ask", concurrency_limit=None)

@@ -93,3 +93,31 @@ def test_docker_compose_file_validates() -> None:
     result = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None,
+                    reason="docker-compose (Debian package) is not installed; scripts/ensure-test-tools.sh installs it")
+def test_docker_compose_replicas_profile_validates_and_the_proxy_reaches_every_replica() -> None:
+    """The `replicas` profile: every app service on the one database with a data volume of its own, and the
+    proxy's Caddyfile naming exactly those services, with a sticky cookie."""
+    import re
+
+    import yaml
+
+    result = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "--profile", "replicas",
+                             "config"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    apps = {name: s for name, s in services.items() if "RILLET_DATABASE_URL" in s.get("environment", {})}
+    assert len(apps) >= 2
+    assert len({s["environment"]["RILLET_DATABASE_URL"] for s in apps.values()}) == 1
+    data = [next(v for v in s["volumes"] if v.endswith(":/data:rw") or v.endswith(":/data")) for s in apps.values()]
+    assert len(set(data)) == len(apps)  # each replica caches its indexes in its own volume
+    assert services["db"]["image"].startswith("pgvector/pgvector:")
+    proxy = services["proxy"]
+    assert proxy["image"].startswith("caddy:")
+    mount = next(v for v in proxy["volumes"] if v.split(":")[1] == "/etc/caddy/Caddyfile")
+    caddyfile = Path(mount.split(":")[0]).read_text()
+    upstreams = re.search(r"reverse_proxy\s+([^{]+)\{", caddyfile).group(1).split()
+    assert sorted(upstreams) == sorted(f"{name}:{s['environment']['RILLET_PORT']}" for name, s in apps.items())
+    assert re.search(r"lb_policy\s+cookie", caddyfile)

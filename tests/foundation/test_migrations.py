@@ -93,4 +93,31 @@ def test_a_database_of_the_first_schema_upgrades_with_its_sessions_intact(unmigr
     assert "message_alternatives" not in inspect(engine).get_table_names()
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM messages")).scalar() == 2
+
+
+def test_upgrade_from_the_first_schema_keeps_the_catalog_and_never_reuses_chunk_ids(unmigrated_url: str) -> None:
+    """A database made before collection generations upgrades with its rows intact; afterwards a deleted
+    chunk's id is never given to a new chunk (replicas compare their indexes with the catalog by id)."""
+    upgrade(unmigrated_url, "0001")
+    engine = make_engine(unmigrated_url)
+    chunk = ("INSERT INTO chunks (file_id, ordinal, start_line, end_line, text, text_hash) "
+             "VALUES (1, :ordinal, 1, 1, 'text', 'hash')")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO collections (id, name, roots, ignore, embedding_model, created_at) "
+                          "VALUES (1, 'old', '[]', '[]', 'model', CURRENT_TIMESTAMP)"))
+        conn.execute(text("INSERT INTO files (id, collection_id, root, path, size, mtime, status, updated_at) "
+                          "VALUES (1, 1, 0, 'a.py', 1, 1.0, 'indexed', CURRENT_TIMESTAMP)"))
+        for ordinal in range(2):
+            conn.execute(text(chunk), {"ordinal": ordinal})
+    engine.dispose()
+    upgrade(unmigrated_url)
+    engine = make_engine(unmigrated_url)
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT name, generation FROM collections")).all() == [("old", 0)]
+        ids = [i for (i,) in conn.execute(text("SELECT id FROM chunks ORDER BY id"))]
+        assert len(ids) == 2
+        conn.execute(text("DELETE FROM chunks WHERE id = :id"), {"id": ids[-1]})
+        conn.execute(text(chunk), {"ordinal": 5})
+        assert conn.execute(text("SELECT max(id) FROM chunks")).scalar() > ids[-1]
+    assert schema_drift(engine) == []
     engine.dispose()

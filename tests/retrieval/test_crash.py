@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import select
 
-from retrieval.catalog import Chunk, File
+from retrieval.catalog import Chunk, Collection, File
 from retrieval.chunking import Chunker
 from retrieval.embedder import SentenceEmbedder, count_tokens
 from retrieval.parse import parse
@@ -36,8 +36,8 @@ def test_killed_run_is_completed_by_the_next_one(sqlite_url: str, tmp_path: Path
                              str(tmp_path / "indexes"), "repo"], cwd=REPO_ROOT, env=env, capture_output=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
 
-    store = retrieval._prepare_search("repo", None, None)[1]
-    with retrieval.db() as session:
+    with retrieval.db() as session:  # the store as it is, before a search would catch it up
+        store = retrieval._store(session.scalar(select(Collection.id).where(Collection.name == "repo")))
         done = session.scalars(select(File.path)).all()
         orphans = session.scalars(select(File.path).where(File.status == "indexed", ~File.chunks.any())).all()
     assert 0 < len(done) < len(TOPICS) and orphans == []  # part of the work committed, whole files only

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from retrieval.catalog import Chunk, Embedding, File
 from retrieval.embedder import SentenceEmbedder
@@ -75,8 +75,8 @@ def test_search_finds_the_function_and_cites_its_lines(db_url: str, repo: Path, 
         assert hit.absolute_path == repo / "pkg/helpers.py"
 
 
-def test_filters_and_keyword_search(sqlite_url: str, repo: Path, tmp_path: Path, embedder: SentenceEmbedder) -> None:
-    retrieval = open_retrieval(sqlite_url, tmp_path / "indexes", embedder)
+def test_filters_and_keyword_search(vector_url: str, repo: Path, tmp_path: Path, embedder: SentenceEmbedder) -> None:
+    retrieval = open_retrieval(vector_url, tmp_path / "indexes", embedder)
     retrieval.create_collection("repo", [repo])
     retrieval.index("repo")
     hits = retrieval.search("repo", "crème brûlée", k=3, mode="bm25")
@@ -88,9 +88,9 @@ def test_filters_and_keyword_search(sqlite_url: str, repo: Path, tmp_path: Path,
     assert guide.header == "docs/guide.md > Guide"  # the whole guide fits one chunk, inside its "# Guide"
 
 
-def test_reindex_touches_only_what_changed(sqlite_url: str, repo: Path, tmp_path: Path,
+def test_reindex_touches_only_what_changed(vector_url: str, repo: Path, tmp_path: Path,
                                            embedder: SentenceEmbedder) -> None:
-    retrieval = open_retrieval(sqlite_url, tmp_path / "indexes", embedder)
+    retrieval = open_retrieval(vector_url, tmp_path / "indexes", embedder)
     retrieval.create_collection("repo", [repo])
     first = retrieval.index("repo")
 
@@ -125,9 +125,9 @@ def test_lost_index_files_are_rebuilt_from_the_catalog(sqlite_url: str, repo: Pa
     consistent(fresh, "repo")
 
 
-def test_collections_lifecycle_and_clear_errors(sqlite_url: str, repo: Path, tmp_path: Path,
+def test_collections_lifecycle_and_clear_errors(vector_url: str, repo: Path, tmp_path: Path,
                                                 embedder: SentenceEmbedder) -> None:
-    retrieval = open_retrieval(sqlite_url, tmp_path / "indexes", embedder)
+    retrieval = open_retrieval(vector_url, tmp_path / "indexes", embedder)
     with pytest.raises(ValueError, match="not a folder"):
         retrieval.create_collection("x", [tmp_path / "missing"])
     retrieval.create_collection("repo", [repo / "pkg", repo / "docs"], ignore=["helpers.py"])
@@ -149,6 +149,9 @@ def test_collections_lifecycle_and_clear_errors(sqlite_url: str, repo: Path, tmp
     assert not any((tmp_path / "indexes").iterdir())
     with retrieval.db() as session:
         assert session.scalars(select(Embedding.text_hash)).all() == []
+        if session.bind.dialect.name == "postgresql":  # pgvector's table of the collection went with it
+            assert session.scalars(text("SELECT tablename FROM pg_tables WHERE tablename LIKE 'rillet_vectors%'")
+                                   ).all() == []
 
 
 def test_ensure_collection_creates_or_checks_the_folder(sqlite_url: str, repo: Path, tmp_path: Path,
