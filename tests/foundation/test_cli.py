@@ -33,7 +33,8 @@ def test_help_lists_the_commands(env: dict[str, str]) -> None:
     out = run(["--help"], env).stdout
     box = out[out.index("Commands"):]
     listed = {row.split()[1]: " ".join(row.split()[2:-1]) for row in box.splitlines()[1:] if row.startswith("│")}
-    assert set(listed) == {"config", "doctor", "serve", "chat", "convert", "index", "search", "collections", "db", "users"}
+    assert set(listed) == {"config", "doctor", "serve", "chat", "convert", "index", "search", "collections", "db",
+                           "users"}
     assert listed["db"] == "Database schema." and listed["serve"] == "Start the web UI."
 
 
