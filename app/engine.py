@@ -43,7 +43,6 @@ from app.chat.scheduler import Ticket
 from app.config import Settings
 from app.database import open_database
 from backbone.errors import InvalidRequest, UserError
-from backbone.loader import return_freed_memory
 from memory.errors import SessionConflictError, SessionNotFoundError
 from memory.limits import MAX_MESSAGE_CHARS
 from memory.recall import SessionRecall
@@ -258,7 +257,6 @@ class ChatEngine:
             nonlocal loaded
             loaded = self._load(session_id, served)
             self._index_for_recall(session_id)
-            return_freed_memory()  # a transcript re-read leaves its buffers on the heap
             yield None
 
         self.registry.scheduler.run(job, key=_key(session_id))
@@ -545,7 +543,6 @@ class ChatEngine:
             info, state, notice = self._commit(session_id, loaded, served, message, text, citations)
         else:
             info, state, notice = self._commit_regenerated(session_id, start, served, text, citations)
-        return_freed_memory()  # the prompt's buffers: a served process rests at its own size between turns
         notice = " ".join(n for n in (input_notice, loaded.notice, notice) if n) or None
         return TurnResult(info, message, text, prompt.sources, answer.stop_reason, served.label, len(prompt.ids),
                           answer.generated_tokens, first_token_s, time.perf_counter() - started,

@@ -204,7 +204,7 @@ def load_model(kind: Literal["teacher", "student"] = "teacher", gguf_path: Path 
         calibration = model.tokenizer.encode(calibration_text())[:CALIBRATION_TOKENS]
         apply_precision(model.model, resolved, cache, torch.tensor([calibration], device=model.device))
         log.info("%s weights in %.2f s", resolved, time.perf_counter() - started)
-        return_freed_memory()
+        _return_freed_memory()
     if kind == "student" and resolved == "int8":
         from backbone.fast_decode import CompiledStudentStep, supports
 
@@ -214,9 +214,9 @@ def load_model(kind: Literal["teacher", "student"] = "teacher", gguf_path: Path 
     return model
 
 
-def return_freed_memory() -> None:
-    """Give freed heap back to the system (glibc keeps it otherwise): the float32 weights freed by a
-    conversion, about 130 MB of resident memory for SmolLM2 at int8, or the buffers of a long prompt."""
+def _return_freed_memory() -> None:
+    """Give the float32 weights freed by a conversion back to the system (glibc keeps freed heap otherwise:
+    about 130 MB of resident memory for SmolLM2 at int8)."""
     import ctypes
     import ctypes.util
 
