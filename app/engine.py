@@ -36,7 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.chat import defaults
 from app.chat.events import Retrieved
-from app.chat.generation import Answer, Piece, generation_steps
+from app.chat.generation import Piece, generation_steps, timed_pieces
 from app.chat.models import ModelRegistry, ServedModel, shared_registry
 from app.chat.prompt import DEFAULT_SYSTEM_PROMPT, Recollection, Source, build_prompt
 from app.chat.scheduler import Ticket
@@ -518,16 +518,7 @@ class ChatEngine:
         fork = loaded.state.clone()
         sampling = options.sampling()
         steps = generation_steps(model, prompt.ids, fork, sampling, ticket, options.stop or None)
-        first_token_s = None
-        while True:
-            try:
-                piece = next(steps)
-            except StopIteration as stop:
-                answer: Answer = stop.value
-                break
-            if piece.text and first_token_s is None:
-                first_token_s = time.perf_counter() - started
-            yield piece
+        answer, first_token_s = yield from timed_pieces(steps, started)
         last_token_s = time.perf_counter() - started
         del fork
 

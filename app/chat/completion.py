@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from app.chat.events import Retrieved
-from app.chat.generation import Answer, generation_steps
+from app.chat.generation import generation_steps, timed_pieces
 from app.chat.prompt import DEFAULT_SYSTEM_PROMPT, Source, build_prompt
 from app.chat.scheduler import Ticket
 from memory.records import ChatMessage
@@ -98,15 +98,6 @@ def _answer(ticket: Ticket, engine: ChatEngine, conversation: list[ChatMessage],
                           f"{model.max_context:,}-token context. Send fewer or shorter messages, or lower max_tokens.")
     yield Retrieved(prompt.sources, [], len(ids))
     steps = generation_steps(model, ids, model.new_state(), options.sampling(), ticket, options.stop or None)
-    first_token_s = None
-    while True:
-        try:
-            piece = next(steps)
-        except StopIteration as stop:
-            answer: Answer = stop.value
-            break
-        if piece.text and first_token_s is None:
-            first_token_s = time.perf_counter() - started
-        yield piece
+    answer, first_token_s = yield from timed_pieces(steps, started)
     return Completion(answer.text, prompt.sources, answer.stop_reason, served.label, len(ids),
                       answer.generated_tokens, first_token_s, time.perf_counter() - started)

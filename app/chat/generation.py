@@ -5,7 +5,8 @@ so the queue can interleave users; cancellation and stop sequences end an answer
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,3 +117,18 @@ def generation_steps(model: Any, prompt_ids: list[int], state: Any, sampling: An
     if answer.stop_reason == "repetition":  # the final text (what is stored) ends at a sentence's end
         answer.text = cut_to_sentence(answer.text)
     return answer
+
+
+def timed_pieces(steps: Iterator[Piece], started: float
+                 ) -> Generator[Piece, None, tuple[Answer, float | None]]:
+    """Pass `steps` through; returns its `Answer` and when the first text came (seconds after `started`,
+    a `time.perf_counter()` reading), None when no text came."""
+    first_token_s = None
+    while True:
+        try:
+            piece = next(steps)
+        except StopIteration as stop:
+            return stop.value, first_token_s
+        if piece.text and first_token_s is None:
+            first_token_s = time.perf_counter() - started
+        yield piece
