@@ -457,11 +457,7 @@ class SessionStore:
         messages in between. With `fork`, the result is a new session (`parent_id` = this one) and this
         one stays as it was; without, the later messages and states of this session are deleted.
         """
-        info = self.get(session_id)
-        if not 0 <= keep <= info.message_count:
-            raise InvalidTranscriptError(f"Cannot go back to message {keep}: session {session_id} has "
-                                         f"{info.message_count} messages.")
-        messages = self.messages(session_id)[:keep]
+        info, messages = self._first_messages(session_id, keep)
         state, fed, restored, notice, bad = self._rebuild(session_id, info, messages, model, progress,
                                                           explain_missing=False)
 
@@ -509,14 +505,18 @@ class SessionStore:
         db.add_all(Alternative(session_id=target, ordinal=a.ordinal, variant=a.variant, text=a.text,
                                citations=a.citations, created_at=a.created_at) for a in rows.all())
 
-    def state_at(self, session_id: int, keep: int, model: ChatModel, *, progress: bool = False) -> LoadedSession:
-        """The state after the first `keep` messages (nearest snapshot plus a re-read of the rest), with those
-        messages; nothing is written. What regenerating an answer starts from."""
+    def _first_messages(self, session_id: int, keep: int) -> tuple[SessionInfo, list[ChatMessage]]:
+        """The session and its first `keep` messages; an error when it has fewer."""
         info = self.get(session_id)
         if not 0 <= keep <= info.message_count:
             raise InvalidTranscriptError(f"Cannot go back to message {keep}: session {session_id} has "
                                          f"{info.message_count} messages.")
-        messages = self.messages(session_id)[:keep]
+        return info, self.messages(session_id)[:keep]
+
+    def state_at(self, session_id: int, keep: int, model: ChatModel, *, progress: bool = False) -> LoadedSession:
+        """The state after the first `keep` messages (nearest snapshot plus a re-read of the rest), with those
+        messages; nothing is written. What regenerating an answer starts from."""
+        info, messages = self._first_messages(session_id, keep)
         state, fed, restored, notice, _ = self._rebuild(session_id, info, messages, model, progress,
                                                         explain_missing=False)
         return LoadedSession(info, messages, state, fed, notice, restored)
