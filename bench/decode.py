@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep: steadier on a shared CPU
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse

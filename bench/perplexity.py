@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see tests/conftest.py; before torch loads
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 
-# Idle OpenMP threads sleep instead of spinning (see tests/conftest.py); set before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse
